@@ -1,0 +1,26 @@
+/* Cross-file internals of broker/ that name hiredis types. Included only by
+ * the files of broker/. */
+#ifndef CELER_BROKER_INTERNAL_H
+#define CELER_BROKER_INTERNAL_H
+
+#include <sys/time.h>
+#include <hiredis/hiredis.h>
+#include "broker/broker.h"
+
+struct timeval broker_tv(int ms);
+/* Applies ms as the socket's send and receive timeout. */
+int broker_set_timeout(broker_conn *b, int ms);
+/* Records the context's I/O error (or timeout) in b->errstr, closes the
+ * dead context and returns CELER_ECONNECT or CELER_ETIMEDOUT. */
+int broker_io_error(broker_conn *b, const char *what);
+/* Sends argv and reads the reply on a live (or re-made) connection.
+ * argvlen may be NULL for NUL-terminated arguments. */
+redisReply *broker_command(broker_conn *b, int *code, int argc, const char **argv,
+                           const size_t *argvlen);
+
+/* Embedded script sources (generated from broker/lua/ at build time). */
+extern const char celer_lua_complete[];
+extern const char celer_lua_promote[];
+extern const char celer_lua_reschedule[];
+
+#endif
