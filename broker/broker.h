@@ -60,7 +60,9 @@ typedef struct broker_url {
  * Returns 0 or CELER_EINVAL with a sentence in err (never the password). */
 int broker_url_parse(const char *url, broker_url *out, char *err, size_t errlen);
 /* Reads the password from a file (one trailing newline dropped) into out.
- * Returns 0, CELER_EIO or CELER_ETOOBIG with a sentence in err. */
+ * Returns 0, CELER_ETOOBIG (over BROKER_PASSWORD_MAX) or CELER_EIO (the
+ * file cannot be read, or is empty or holds NUL or line-break bytes), with
+ * a sentence in err naming the path. */
 int broker_url_read_password(const char *path, broker_url *out, char *err,
                              size_t errlen);
 /* The URL with the password masked, for logs ("redis://u:***@h:6379/0"). */

@@ -62,8 +62,9 @@ CELER_API void celer_envelope_clear(celer_envelope *env);
  * call; the caller clears it with celer_envelope_clear, also on failure).
  * max_payload is the size limit in bytes (0 = CELER_DEFAULT_MAX_PAYLOAD).
  * default_queue is used when the envelope names none (NULL = "default").
- * Returns 0, CELER_ETOOBIG (over max_payload) or CELER_EINVAL; on failure
- * err (may be NULL) says which field broke which rule. */
+ * Returns 0, CELER_ETOOBIG (over max_payload), CELER_EINVAL or
+ * CELER_ENOMEM; on failure err (may be NULL) says which field broke which
+ * rule. */
 CELER_API int celer_envelope_decode(const char *json, size_t len, size_t max_payload,
                                     const char *default_queue, celer_envelope *env,
                                     celer_envelope_error *err);
