@@ -1,0 +1,697 @@
+/* taskctl against a private redis-server and a real celer-worker: exit
+ * codes, JSON shapes, usage errors found before connecting, waiting, and
+ * searching every queue. No sleeps: every wait is a --wait with a limit. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <arpa/inet.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <jansson.h>
+#include "celer/envelope.h"
+#include "harness/harness.h"
+
+/* Most words one taskctl command line of these tests has. */
+#define TC_ARGV_MAX 32
+/* How long a --wait that expects a worker to finish may take. */
+#define TC_WAIT_ARG "30"
+/* A worker-served queue other than "default". */
+#define TC_EXTRA_QUEUE "extra"
+/* A queue no worker listens to. */
+#define TC_IDLE_QUEUE "idle"
+
+typedef struct fixture {
+  harness_redis redis;
+  pid_t worker;
+  char dir[PATH_MAX];           /* worker logs, config files */
+  char dead_tcp_url[64];        /* a loopback port where nothing listens */
+  char dead_unix_url[PATH_MAX + 32];
+  int dead_port;
+} fixture;
+
+/* One finished taskctl run; out and err are owned. */
+typedef struct outcome {
+  int code;
+  char *out;
+  char *err;
+} outcome;
+
+static void outcome_free(outcome *o) {
+  free(o->out);
+  free(o->err);
+  o->out = o->err = NULL;
+}
+
+/* Runs taskctl with env (may be NULL), then broker flag (when broker is not
+ * NULL) and the NULL-terminated words in ap. */
+static void run_va(outcome *o, const char *const *env, const char *broker, va_list ap) {
+  const char *argv[TC_ARGV_MAX + 1];
+  int n = 0;
+  argv[n++] = harness_bin("taskctl");
+  if (broker) {
+    argv[n++] = "--broker";
+    argv[n++] = broker;
+  }
+  for (const char *w = va_arg(ap, const char *); w; w = va_arg(ap, const char *)) {
+    assert_true(n < TC_ARGV_MAX);
+    argv[n++] = w;
+  }
+  argv[n] = NULL;
+  o->out = o->err = NULL;
+  o->code = harness_run(argv, env, NULL, 0, &o->out, &o->err, HARNESS_DEADLINE_MS);
+  assert_non_null(o->out);
+  assert_non_null(o->err);
+}
+
+/* taskctl --broker <broker> words... NULL */
+static void tc(outcome *o, const char *broker, ...) {
+  va_list ap;
+  va_start(ap, broker);
+  run_va(o, NULL, broker, ap);
+  va_end(ap);
+}
+
+static void tc_env(outcome *o, const char *const *env, const char *broker, ...) {
+  va_list ap;
+  va_start(ap, broker);
+  run_va(o, env, broker, ap);
+  va_end(ap);
+}
+
+static void print_outcome(const outcome *o) {
+  print_message("exit %d\nstdout: %s\nstderr: %s\n", o->code, o->out, o->err);
+}
+
+static void expect_code(const outcome *o, int code) {
+  if (o->code != code) print_outcome(o);
+  assert_int_equal(o->code, code);
+}
+
+/* stderr is exactly one line "taskctl: ..." */
+static void expect_one_error_line(const outcome *o) {
+  size_t len = strlen(o->err);
+  if (strncmp(o->err, "taskctl: ", 9) != 0 || len == 0 || o->err[len - 1] != '\n' ||
+      strchr(o->err, '\n') != o->err + len - 1)
+    print_outcome(o);
+  assert_true(strncmp(o->err, "taskctl: ", 9) == 0);
+  assert_true(len > 10);
+  assert_int_equal(o->err[len - 1], '\n');
+  assert_ptr_equal(strchr(o->err, '\n'), o->err + len - 1);
+}
+
+static void expect_contains(const char *text, const char *part) {
+  if (strstr(text, part) == NULL) print_message("expected '%s' in: %s\n", part, text);
+  assert_non_null(strstr(text, part));
+}
+
+/* A failed run: the code, one error line naming part, nothing on stdout. */
+static void expect_failure(const outcome *o, int code, const char *part) {
+  expect_code(o, code);
+  expect_one_error_line(o);
+  if (part) expect_contains(o->err, part);
+  assert_string_equal(o->out, "");
+}
+
+/* stdout parsed as exactly one JSON document (caller decrefs). */
+static json_t *stdout_json(const outcome *o) {
+  json_error_t jerr;
+  json_t *v = json_loads(o->out, JSON_DECODE_ANY, &jerr);
+  if (v == NULL) print_message("stdout is not JSON (%s): %s\n", jerr.text, o->out);
+  assert_non_null(v);
+  return v;
+}
+
+static const char *str_field(const json_t *obj, const char *key) {
+  const char *s = json_string_value(json_object_get(obj, key));
+  if (s == NULL) print_message("no string field '%s'\n", key);
+  assert_non_null(s);
+  return s;
+}
+
+static json_int_t int_field(const json_t *obj, const char *key) {
+  const json_t *v = json_object_get(obj, key);
+  if (!json_is_integer(v)) print_message("no integer field '%s'\n", key);
+  assert_true(json_is_integer(v));
+  return json_integer_value(v);
+}
+
+/* The id taskctl enqueue printed as its only line of text. */
+static void take_id_line(const outcome *o, char id[CELER_ID_MAX + 1]) {
+  size_t len = strlen(o->out);
+  assert_true(len >= 2 && len <= CELER_ID_MAX + 1);
+  assert_int_equal(o->out[len - 1], '\n');
+  memcpy(id, o->out, len - 1);
+  id[len - 1] = '\0';
+  assert_true(celer_valid_id(id));
+}
+
+/* The width of the key column taskctl uses for rec: its longest key. */
+static int key_width(const json_t *rec) {
+  int width = 0;
+  const char *key;
+  json_t *value;
+  json_object_foreach((json_t *)rec, key, value) {
+    if ((int)strlen(key) > width) width = (int)strlen(key);
+  }
+  return width;
+}
+
+/* text holds the table row "key  value" (not the first row). */
+static void expect_row(const char *text, int width, const char *key, const char *value) {
+  char line[512];
+  snprintf(line, sizeof line, "\n%-*s  %s\n", width, key, value);
+  expect_contains(text, line);
+}
+
+/* ------------------------------------------------------------------ */
+/* Fixture                                                              */
+
+/* A loopback port that was free a moment ago and has no listener. */
+static int dead_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  int port = -1;
+  if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+      getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+    port = ntohs(a.sin_port);
+  close(fd);
+  return port;
+}
+
+static int start_worker(fixture *f) {
+  char bin[PATH_MAX], out[PATH_MAX + 32], err[PATH_MAX + 32];
+  snprintf(bin, sizeof bin, "%s", harness_bin("celer-worker"));
+  snprintf(out, sizeof out, "%s/worker.out", f->dir);
+  snprintf(err, sizeof err, "%s/worker.err", f->dir);
+  const char *argv[] = {bin, "--broker", f->redis.url, "--module", "testing",
+                        "--queues", "default," TC_EXTRA_QUEUE, NULL};
+  f->worker = harness_spawn(argv, NULL, out, err);
+  return f->worker > 0 ? 0 : -1;
+}
+
+static int group_setup(void **state) {
+  fixture *f = calloc(1, sizeof *f);
+  if (f == NULL) return -1;
+  f->worker = -1;
+  *state = f;
+  if (harness_redis_start(&f->redis, false, NULL) != 0) return -1;
+  if (harness_tmpdir(f->dir, sizeof f->dir) != 0) return -1;
+  f->dead_port = dead_port();
+  if (f->dead_port <= 0) return -1;
+  snprintf(f->dead_tcp_url, sizeof f->dead_tcp_url, "redis://127.0.0.1:%d/0", f->dead_port);
+  snprintf(f->dead_unix_url, sizeof f->dead_unix_url, "unix://%s/absent.sock", f->dir);
+  return start_worker(f);
+}
+
+static int group_teardown(void **state) {
+  fixture *f = *state;
+  if (f == NULL) return 0;
+  if (f->worker > 0) harness_stop(f->worker, SIGTERM, HARNESS_DEADLINE_MS);
+  harness_redis_stop(&f->redis);
+  if (f->dir[0]) harness_rmtree(f->dir);
+  free(f);
+  return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Help and usage errors                                                */
+
+static void test_help(void **state) {
+  (void)state;
+  outcome o;
+  tc(&o, NULL, "--help", NULL);
+  expect_code(&o, 0);
+  expect_contains(o.out, "Usage: taskctl");
+  expect_contains(o.out, "enqueue");
+  expect_contains(o.out, "Example:");
+  assert_string_equal(o.err, "");
+  outcome_free(&o);
+
+  tc(&o, NULL, "enqueue", "--help", NULL);
+  expect_code(&o, 0);
+  expect_contains(o.out, "Usage: taskctl [global options] enqueue TASK");
+  expect_contains(o.out, "--countdown SEC");
+  expect_contains(o.out, "--wait [SEC]");
+  expect_contains(o.out, "Example:");
+  outcome_free(&o);
+
+  tc(&o, NULL, "help", "result", NULL);
+  expect_code(&o, 0);
+  expect_contains(o.out, "result ID");
+  outcome_free(&o);
+}
+
+/* Each case runs against a dead broker: a usage error must be found before
+ * taskctl tries to connect (else it would exit 3). */
+static void test_usage_errors(void **state) {
+  fixture *f = *state;
+  static const struct {
+    const char *argv[8];
+    const char *says;
+  } cases[] = {
+      {{"frobnicate"}, "unknown command 'frobnicate'"},
+      {{NULL}, "no command given"},
+      {{"ping", "--bogus"}, "no option '--bogus'"},
+      {{"--bogus", "ping"}, "unknown option '--bogus'"},
+      {{"ping", "--json=yes"}, "takes no value"},
+      {{"ping", "extra"}, "unexpected argument 'extra'"},
+      {{"enqueue"}, "enqueue needs TASK"},
+      {{"enqueue", "test.echo", "--queue"}, "needs a value"},
+      {{"enqueue", "test.echo", "--args", "[1,"}, "--args is not valid JSON"},
+      {{"enqueue", "test.echo", "--args", "{\"a\": 1}"},
+       "--args must be a JSON array, not an object"},
+      {{"enqueue", "test.echo", "--args", "7"}, "--args must be a JSON array, not a number"},
+      {{"enqueue", "test.echo", "--kwargs", "[1]"},
+       "--kwargs must be a JSON object, not an array"},
+      {{"enqueue", "test.echo", "--kwargs", "{\"a\": 1, \"a\": 2}"}, "--kwargs is not valid JSON"},
+      {{"enqueue", "test.echo", "--countdown", "1", "--eta", "2026-11-26T10:00:00Z"},
+       "exclude each other"},
+      {{"enqueue", "test.echo", "--countdown", "-1"}, "--countdown must be a number of seconds"},
+      {{"enqueue", "test.echo", "--countdown", "1e3"}, "--countdown must be a number of seconds"},
+      {{"enqueue", "test.echo", "--eta", "2026-13-01T00:00:00Z"}, "--eta must be an RFC 3339"},
+      {{"enqueue", "test.echo", "--eta", "2026-02-29T00:00:00Z"}, "--eta must be an RFC 3339"},
+      {{"enqueue", "test.echo", "--eta", "2026-11-26T10:00:00"}, "--eta must be an RFC 3339"},
+      {{"enqueue", "test.echo", "--eta", "tomorrow"}, "--eta must be an RFC 3339"},
+      {{"enqueue", "test.echo", "--max-retries", "many"}, "--max-retries must be"},
+      {{"enqueue", "test.echo", "--timeout", "0"}, "--timeout must be more than 0"},
+      {{"enqueue", "test.echo", "--wait=soon"}, "--wait must be a number of seconds"},
+      {{"enqueue", "test.echo", "--id", "bad id!"}, "'bad id!' is not a valid task id"},
+      {{"enqueue", "bad task!"}, "'bad task!' is not a valid task name"},
+      {{"enqueue", "test.echo", "--queue", "no space"}, "not a valid queue name"},
+      {{"task", "bad/id"}, "'bad/id' is not a valid task id"},
+      {{"task"}, "task needs ID"},
+      {{"task", "a", "b"}, "unexpected argument 'b'"},
+      {{"result", "ok-id", "--wait", "--queue", "bad queue"}, "not a valid queue name"},
+      {{"--namespace", "bad ns!", "ping"}, "not a valid namespace"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    const char *const *a = cases[i].argv;
+    outcome o;
+    tc(&o, f->dead_tcp_url, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], NULL);
+    if (o.code != 2 || strstr(o.err, cases[i].says) == NULL)
+      print_message("case %zu: expected exit 2 saying '%s'\n", i, cases[i].says);
+    expect_failure(&o, 2, cases[i].says);
+    outcome_free(&o);
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* ping                                                                 */
+
+static void test_ping_ok(void **state) {
+  fixture *f = *state;
+  outcome o;
+  tc(&o, f->redis.url, "ping", NULL);
+  expect_code(&o, 0);
+  expect_contains(o.out, "PONG");
+  assert_string_equal(o.err, "");
+  outcome_free(&o);
+
+  /* --json before and after the command word. */
+  for (int after = 0; after < 2; after++) {
+    if (after) tc(&o, f->redis.url, "ping", "--json", NULL);
+    else tc(&o, f->redis.url, "--json", "ping", NULL);
+    expect_code(&o, 0);
+    assert_string_equal(o.err, "");
+    json_t *doc = stdout_json(&o);
+    assert_true(json_is_object(doc));
+    assert_int_equal(json_object_size(doc), 2);
+    assert_true(json_is_true(json_object_get(doc, "ok")));
+    assert_true(json_is_number(json_object_get(doc, "latency_ms")));
+    assert_true(json_number_value(json_object_get(doc, "latency_ms")) >= 0);
+    json_decref(doc);
+    outcome_free(&o);
+  }
+}
+
+static void test_ping_dead_unix(void **state) {
+  fixture *f = *state;
+  outcome o;
+  tc(&o, f->dead_unix_url, "ping", NULL);
+  expect_failure(&o, 3, "cannot reach the broker");
+  expect_contains(o.err, "absent.sock");
+  outcome_free(&o);
+}
+
+static void test_ping_dead_tcp(void **state) {
+  fixture *f = *state;
+  char where[32], url[96];
+  snprintf(where, sizeof where, "127.0.0.1:%d", f->dead_port);
+  outcome o;
+  tc(&o, f->dead_tcp_url, "--json", "ping", NULL);
+  expect_failure(&o, 3, "cannot reach the broker");
+  expect_contains(o.err, where);
+  outcome_free(&o);
+
+  /* A password in the URL is never shown. */
+  snprintf(url, sizeof url, "redis://operator:s3cr3t-pw@127.0.0.1:%d/0", f->dead_port);
+  tc(&o, url, "ping", NULL);
+  expect_failure(&o, 3, where);
+  assert_null(strstr(o.err, "s3cr3t-pw"));
+  outcome_free(&o);
+}
+
+/* ------------------------------------------------------------------ */
+/* Settings: flag > environment > config file > default                */
+
+static void test_config_precedence(void **state) {
+  fixture *f = *state;
+  char path[PATH_MAX + 32], env_url[PATH_MAX + 64];
+  snprintf(path, sizeof path, "%s/taskctl.conf", f->dir);
+  FILE *fp = fopen(path, "w");
+  assert_non_null(fp);
+  fprintf(fp, "# points at nothing\nCELER_BROKER_URL = %s\n", f->dead_tcp_url);
+  assert_int_equal(fclose(fp), 0);
+
+  outcome o;
+  tc(&o, NULL, "--config", path, "ping", NULL);
+  expect_failure(&o, 3, "cannot reach the broker");
+  outcome_free(&o);
+
+  tc(&o, f->redis.url, "--config", path, "ping", NULL);
+  expect_code(&o, 0);
+  outcome_free(&o);
+
+  snprintf(env_url, sizeof env_url, "CELER_BROKER_URL=%s", f->redis.url);
+  const char *env[] = {env_url, NULL};
+  tc_env(&o, env, NULL, "ping", "--config", path, NULL);
+  expect_code(&o, 0);
+  outcome_free(&o);
+
+  snprintf(path, sizeof path, "%s/missing.conf", f->dir);
+  tc(&o, f->redis.url, "--config", path, "ping", NULL);
+  expect_failure(&o, 2, NULL);
+  outcome_free(&o);
+}
+
+/* ------------------------------------------------------------------ */
+/* enqueue, task, result without a worker                               */
+
+static void test_enqueue_then_not_found(void **state) {
+  fixture *f = *state;
+  char id[CELER_ID_MAX + 1], msg[128];
+  outcome o;
+  tc(&o, f->redis.url, "enqueue", "test.noop", "--queue", TC_IDLE_QUEUE, NULL);
+  expect_code(&o, 0);
+  assert_string_equal(o.err, "");
+  take_id_line(&o, id);
+  assert_int_equal(strlen(id), 36); /* a UUID */
+  outcome_free(&o);
+
+  snprintf(msg, sizeof msg, "no record for task %s; it may be pending, unknown, or expired",
+           id);
+  tc(&o, f->redis.url, "task", id, NULL);
+  expect_failure(&o, 1, msg);
+  outcome_free(&o);
+
+  tc(&o, f->redis.url, "--json", "result", id, NULL);
+  expect_failure(&o, 1, "no record for task");
+  outcome_free(&o);
+
+  tc(&o, f->redis.url, "result", id, "--queue", TC_IDLE_QUEUE, "--wait", "0.2", NULL);
+  expect_failure(&o, 4, "did not finish within 0.2 s");
+  outcome_free(&o);
+}
+
+static void test_enqueue_json(void **state) {
+  fixture *f = *state;
+  outcome o;
+  tc(&o, f->redis.url, "--json", "enqueue", "--id", "tc-json-1", "test.noop", "--queue",
+     TC_IDLE_QUEUE, NULL);
+  expect_code(&o, 0);
+  json_t *doc = stdout_json(&o);
+  assert_int_equal(json_object_size(doc), 1);
+  assert_string_equal(str_field(doc, "id"), "tc-json-1");
+  json_decref(doc);
+  outcome_free(&o);
+
+  tc(&o, f->redis.url, "enqueue", "test.noop", "--queue", TC_IDLE_QUEUE, "--json", NULL);
+  expect_code(&o, 0);
+  doc = stdout_json(&o);
+  assert_true(celer_valid_id(str_field(doc, "id")));
+  json_decref(doc);
+  outcome_free(&o);
+}
+
+/* Finds the scheduled envelope of task id in queue's scheduled set. */
+static json_t *scheduled_envelope(const fixture *f, const char *queue, const char *id,
+                                  long long *score) {
+  char key[128];
+  snprintf(key, sizeof key, "celer:{%s}:scheduled", queue);
+  const char *args[] = {"ZRANGE", key, "0", "-1", "WITHSCORES", NULL};
+  char *out = NULL;
+  assert_int_equal(harness_cli(&f->redis, args, &out), 0);
+  assert_non_null(out);
+  json_t *found = NULL;
+  char *save = NULL;
+  for (char *line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+    json_t *env = json_loads(line, 0, NULL);
+    if (env && json_is_string(json_object_get(env, "id")) &&
+        strcmp(json_string_value(json_object_get(env, "id")), id) == 0) {
+      char *next = strtok_r(NULL, "\n", &save);
+      assert_non_null(next);
+      *score = strtoll(next, NULL, 10);
+      found = env;
+      break;
+    }
+    json_decref(env);
+  }
+  free(out);
+  if (found == NULL) print_message("no scheduled envelope for %s in %s\n", id, key);
+  assert_non_null(found);
+  return found;
+}
+
+/* Every time option reaches the envelope with the right value. */
+static void test_enqueue_options(void **state) {
+  fixture *f = *state;
+  outcome o;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  long long before = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  tc(&o, f->redis.url, "enqueue", "test.echo", "--queue", TC_IDLE_QUEUE, "--id", "tc-opts-1",
+     "--eta", "2099-01-02T03:04:05.250+01:00", "--expires", "60.5", "--max-retries", "3",
+     "--timeout", "1.5", "--args", "[]", "--kwargs", "{\"k\": [true]}", NULL);
+  expect_code(&o, 0);
+  assert_string_equal(o.out, "tc-opts-1\n");
+  outcome_free(&o);
+
+  /* 2099-01-02T02:04:05.250Z */
+  struct tm tm = {.tm_year = 199, .tm_mon = 0, .tm_mday = 2, .tm_hour = 2, .tm_min = 4,
+                  .tm_sec = 5};
+  long long eta = (long long)timegm(&tm) * 1000 + 250;
+  long long score = 0;
+  json_t *env = scheduled_envelope(f, TC_IDLE_QUEUE, "tc-opts-1", &score);
+  assert_int_equal(score, eta);
+  assert_int_equal(int_field(env, "eta"), eta);
+  assert_int_equal(int_field(env, "max_retries"), 3);
+  assert_int_equal(int_field(env, "timeout_ms"), 1500);
+  assert_true(int_field(env, "expires") >= before + 60500);
+  assert_true(int_field(env, "expires") <= before + 60500 + HARNESS_DEADLINE_MS);
+  assert_string_equal(str_field(env, "task"), "test.echo");
+  json_t *kwargs = json_pack("{s:[b]}", "k", 1);
+  assert_true(json_equal(json_object_get(env, "kwargs"), kwargs));
+  json_decref(kwargs);
+  json_decref(env);
+
+  /* A UTC eta with a fraction of many digits, and a bare --countdown. */
+  tc(&o, f->redis.url, "enqueue", "test.noop", "--queue", TC_IDLE_QUEUE, "--id", "tc-opts-2",
+     "--eta", "2099-01-02T02:04:05.250999Z", NULL);
+  expect_code(&o, 0);
+  outcome_free(&o);
+  env = scheduled_envelope(f, TC_IDLE_QUEUE, "tc-opts-2", &score);
+  assert_int_equal(score, eta);
+  json_decref(env);
+}
+
+static void test_wait_timeout(void **state) {
+  fixture *f = *state;
+  char id[CELER_ID_MAX + 1];
+  outcome o;
+  tc(&o, f->redis.url, "enqueue", "test.noop", "--queue", TC_IDLE_QUEUE, "--wait", "0.2", NULL);
+  expect_code(&o, 4);
+  expect_one_error_line(&o);
+  expect_contains(o.err, "did not finish within 0.2 s");
+  take_id_line(&o, id); /* the id is still printed */
+  expect_contains(o.err, id);
+  outcome_free(&o);
+}
+
+/* ------------------------------------------------------------------ */
+/* With the worker                                                      */
+
+static void test_echo_wait_and_result(void **state) {
+  fixture *f = *state;
+  outcome o;
+  tc(&o, f->redis.url, "enqueue", "test.echo", "--args", "[1,\"a\"]", "--wait", TC_WAIT_ARG,
+     "--json", NULL);
+  expect_code(&o, 0);
+  assert_string_equal(o.err, "");
+  json_t *rec = stdout_json(&o);
+  outcome_free(&o);
+  char id[CELER_ID_MAX + 1];
+  snprintf(id, sizeof id, "%s", str_field(rec, "id"));
+  assert_true(celer_valid_id(id));
+  assert_string_equal(str_field(rec, "state"), "SUCCEEDED");
+  assert_string_equal(str_field(rec, "task"), "test.echo");
+  assert_string_equal(str_field(rec, "queue"), "default");
+  assert_int_equal(int_field(rec, "attempt"), 0);
+  assert_true(strlen(str_field(rec, "worker")) > 0);
+  json_int_t enq = int_field(rec, "enqueued_at"), start = int_field(rec, "started_at"),
+             end = int_field(rec, "finished_at");
+  assert_true(enq > 0 && enq <= start && start <= end);
+  json_t *want = json_loads("{\"args\":[1,\"a\"],\"kwargs\":{}}", 0, NULL);
+  assert_true(json_equal(json_object_get(rec, "result"), want));
+  json_decref(want);
+
+  /* result prints the value itself, compact, in both forms. */
+  tc(&o, f->redis.url, "--json", "result", id, NULL);
+  expect_code(&o, 0);
+  assert_string_equal(o.out, "{\"args\":[1,\"a\"],\"kwargs\":{}}\n");
+  assert_string_equal(o.err, "");
+  outcome_free(&o);
+  tc(&o, f->redis.url, "result", "--queue", "default", id, "--wait", "1", NULL);
+  expect_code(&o, 0);
+  assert_string_equal(o.out, "{\"args\":[1,\"a\"],\"kwargs\":{}}\n");
+  outcome_free(&o);
+
+  /* task --json prints the same record. */
+  tc(&o, f->redis.url, "task", id, "--json", NULL);
+  expect_code(&o, 0);
+  json_t *again = stdout_json(&o);
+  assert_true(json_equal(again, rec));
+  json_decref(again);
+  outcome_free(&o);
+
+  /* task as a table: key/value rows aligned on the longest key, readable
+   * times. Every field of the record is shown. */
+  tc(&o, f->redis.url, "task", id, NULL);
+  expect_code(&o, 0);
+  int width = key_width(rec);
+  char line[256];
+  snprintf(line, sizeof line, "%-*s  %s\n", width, "id", id);
+  assert_true(strncmp(o.out, line, strlen(line)) == 0);
+  expect_row(o.out, width, "task", "test.echo");
+  expect_row(o.out, width, "state", "SUCCEEDED");
+  expect_row(o.out, width, "queue", "default");
+  expect_row(o.out, width, "attempt", "0");
+  expect_row(o.out, width, "result", "{\"args\":[1,\"a\"],\"kwargs\":{}}");
+  snprintf(line, sizeof line, "\n%-*s  ", width, "finished_at");
+  const char *fin = strstr(o.out, line);
+  assert_non_null(fin);
+  const char *val = fin + strlen(line); /* 2026-11-26T10:00:00.123Z (3s ago) */
+  assert_true(val[4] == '-' && val[10] == 'T' && val[19] == '.' && val[23] == 'Z');
+  const char *eol = strchr(val, '\n');
+  assert_non_null(eol);
+  assert_true(strncmp(eol - 5, " ago)", 5) == 0 || strncmp(eol - 9, "just now)", 9) == 0);
+  outcome_free(&o);
+  json_decref(rec);
+}
+
+static void test_fail_wait_and_result(void **state) {
+  fixture *f = *state;
+  outcome o;
+  tc(&o, f->redis.url, "--json", "enqueue", "test.fail", "--kwargs", "{\"message\": \"boom\"}",
+     "--max-retries", "0", "--wait", TC_WAIT_ARG, NULL);
+  expect_code(&o, 1);
+  expect_one_error_line(&o);
+  expect_contains(o.err, "FAILED");
+  expect_contains(o.err, "boom");
+  json_t *rec = stdout_json(&o);
+  outcome_free(&o);
+  assert_string_equal(str_field(rec, "state"), "FAILED");
+  json_t *err = json_object_get(rec, "error");
+  assert_true(json_is_object(err));
+  expect_contains(str_field(err, "message"), "boom");
+  assert_true(strlen(str_field(err, "type")) > 0);
+  char id[CELER_ID_MAX + 1], shown[256];
+  snprintf(id, sizeof id, "%s", str_field(rec, "id"));
+  snprintf(shown, sizeof shown, "%s: %s", str_field(err, "type"), str_field(err, "message"));
+  int width = key_width(rec);
+  json_decref(rec);
+
+  tc(&o, f->redis.url, "result", id, NULL);
+  expect_failure(&o, 1, "FAILED");
+  expect_contains(o.err, "boom");
+  outcome_free(&o);
+
+  /* A FAILED record is an answer for task. */
+  tc(&o, f->redis.url, "task", id, NULL);
+  expect_code(&o, 0);
+  expect_row(o.out, width, "state", "FAILED");
+  expect_row(o.out, width, "error", shown);
+  outcome_free(&o);
+}
+
+static void test_task_searches_queues(void **state) {
+  fixture *f = *state;
+  outcome o;
+  tc(&o, f->redis.url, "enqueue", "test.noop", "--queue", TC_EXTRA_QUEUE, "--id", "tc-extra-1",
+     "--wait", TC_WAIT_ARG, "--json", NULL);
+  expect_code(&o, 0);
+  outcome_free(&o);
+
+  tc(&o, f->redis.url, "--json", "task", "tc-extra-1", NULL);
+  expect_code(&o, 0);
+  json_t *rec = stdout_json(&o);
+  assert_string_equal(str_field(rec, "queue"), TC_EXTRA_QUEUE);
+  assert_string_equal(str_field(rec, "state"), "SUCCEEDED");
+  assert_true(json_is_null(json_object_get(rec, "result")));
+  json_decref(rec);
+  outcome_free(&o);
+
+  tc(&o, f->redis.url, "task", "tc-extra-1", "--queue", "default", NULL);
+  expect_failure(&o, 1, "no record for task tc-extra-1 in queue default");
+  outcome_free(&o);
+
+  tc(&o, f->redis.url, "result", "tc-extra-1", "--json", NULL);
+  expect_code(&o, 0);
+  assert_string_equal(o.out, "null\n");
+  outcome_free(&o);
+}
+
+/* A fractional countdown holds the task back at least that long. */
+static void test_countdown_fraction(void **state) {
+  fixture *f = *state;
+  outcome o;
+  tc(&o, f->redis.url, "enqueue", "test.echo", "--countdown", "0.5", "--wait", TC_WAIT_ARG,
+     "--json", NULL);
+  expect_code(&o, 0);
+  json_t *rec = stdout_json(&o);
+  outcome_free(&o);
+  assert_string_equal(str_field(rec, "state"), "SUCCEEDED");
+  assert_true(int_field(rec, "started_at") - int_field(rec, "enqueued_at") >= 500);
+  json_decref(rec);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_help),
+      cmocka_unit_test(test_usage_errors),
+      cmocka_unit_test(test_ping_ok),
+      cmocka_unit_test(test_ping_dead_unix),
+      cmocka_unit_test(test_ping_dead_tcp),
+      cmocka_unit_test(test_config_precedence),
+      cmocka_unit_test(test_enqueue_then_not_found),
+      cmocka_unit_test(test_enqueue_json),
+      cmocka_unit_test(test_enqueue_options),
+      cmocka_unit_test(test_wait_timeout),
+      cmocka_unit_test(test_echo_wait_and_result),
+      cmocka_unit_test(test_fail_wait_and_result),
+      cmocka_unit_test(test_task_searches_queues),
+      cmocka_unit_test(test_countdown_fraction),
+  };
+  return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
