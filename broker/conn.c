@@ -3,6 +3,7 @@
  * hiredis 0.14 marks a context dead after any I/O error or read timeout;
  * broker_ensure replaces such a context before the next request. */
 #include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -150,7 +151,20 @@ int broker_connect(broker_conn *b) {
   return 0;
 }
 
+/* True when the server has closed or reset an idle connection (restart,
+ * timeout, CLIENT KILL). Between two requests a request connection has
+ * nothing to read, so readable (EOF, stray bytes), hang-up or error all
+ * mean it cannot carry the next request. */
+static bool peer_gone(const redisContext *ctx) {
+  struct pollfd p = {.fd = ctx->fd, .events = POLLIN};
+  int n;
+  do {
+    n = poll(&p, 1, 0);
+  } while (n < 0 && errno == EINTR);
+  return n != 0;
+}
+
 int broker_ensure(broker_conn *b) {
-  if (b->ctx && b->ctx->err == 0) return 0;
+  if (b->ctx && b->ctx->err == 0 && !peer_gone(b->ctx)) return 0;
   return broker_connect(b);
 }

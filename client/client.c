@@ -1,6 +1,8 @@
 /* libceler: the synchronous producer API (include/celer/client.h). It
  * builds and validates envelopes, hands them to broker/ in pipelined round
  * trips, reads records and waits for final ones over pub/sub. */
+#include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +36,40 @@ static int fail(celer_client *c, int code, const char *fmt, ...) {
 static int fail_broker(celer_client *c, const broker_conn *b, int code) {
   snprintf(c->errstr, sizeof c->errstr, "%s", b->errstr[0] ? b->errstr : celer_strerror(code));
   return code;
+}
+
+/* hiredis writes with write(2); on a socket the server has closed, Linux
+ * raises SIGPIPE, whose default action kills the producer. Every call that
+ * may write runs with SIGPIPE blocked in the calling thread, and a SIGPIPE
+ * it raised itself is consumed before the old mask returns. */
+typedef struct sigpipe_guard {
+  sigset_t old;
+  int was_pending;
+} sigpipe_guard;
+
+static void sigpipe_set(sigset_t *set) {
+  sigemptyset(set);
+  sigaddset(set, SIGPIPE);
+}
+
+static void sigpipe_block(sigpipe_guard *g) {
+  sigset_t pipe_set, pending;
+  sigpipe_set(&pipe_set);
+  g->was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_set, &g->old);
+}
+
+static void sigpipe_restore(const sigpipe_guard *g) {
+  int saved = errno;
+  sigset_t pipe_set, pending;
+  sigpipe_set(&pipe_set);
+  if (!g->was_pending && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE)) {
+    const struct timespec now = {0, 0};
+    while (sigtimedwait(&pipe_set, NULL, &now) < 0 && errno == EINTR) {
+    }
+  }
+  pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+  errno = saved;
 }
 
 void celer_enqueue_options_init(celer_enqueue_options *o) {
@@ -93,7 +129,7 @@ void celer_client_free(celer_client *c) {
 const char *celer_client_errstr(const celer_client *c) { return c->errstr; }
 const char *celer_client_namespace(const celer_client *c) { return c->ns; }
 
-int celer_client_connect(celer_client *c) {
+static int celer_client_connect_io(celer_client *c) {
   if (c->setup_error) return c->setup_error;
   if (c->password_file &&
       broker_url_read_password(c->password_file, &c->url, c->errstr, sizeof c->errstr) != 0)
@@ -106,6 +142,14 @@ int celer_client_connect(celer_client *c) {
   return 0;
 }
 
+int celer_client_connect(celer_client *c) {
+  sigpipe_guard g;
+  sigpipe_block(&g);
+  int rc = celer_client_connect_io(c);
+  sigpipe_restore(&g);
+  return rc;
+}
+
 /* Every call after a failed or missing connect reports the same cause. */
 static int ready(celer_client *c) {
   if (c->setup_error) return c->setup_error;
@@ -113,9 +157,17 @@ static int ready(celer_client *c) {
   return rc ? fail_broker(c, &c->conn, rc) : 0;
 }
 
-int celer_ping(celer_client *c) {
+static int celer_ping_io(celer_client *c) {
   int rc = ready(c);
   if (rc == 0 && (rc = broker_ping(&c->conn)) != 0) fail_broker(c, &c->conn, rc);
+  return rc;
+}
+
+int celer_ping(celer_client *c) {
+  sigpipe_guard g;
+  sigpipe_block(&g);
+  int rc = celer_ping_io(c);
+  sigpipe_restore(&g);
   return rc;
 }
 
@@ -194,7 +246,7 @@ int celer_enqueue(celer_client *c, const char *task, const json_t *args,
   return rc;
 }
 
-int celer_enqueue_batch(celer_client *c, celer_batch_item *items, size_t n) {
+static int celer_enqueue_batch_io(celer_client *c, celer_batch_item *items, size_t n) {
   int rc = ready(c);
   if (rc != 0) {
     for (size_t i = 0; i < n; i++) items[i].status = rc;
@@ -211,13 +263,17 @@ int celer_enqueue_batch(celer_client *c, celer_batch_item *items, size_t n) {
   }
   int first = 0;
   size_t npush = 0;
+  char first_err[CELER_ERRSTR_LEN] = "";
   for (size_t i = 0; i < n; i++) {
     size_t len = 0;
     int64_t eta = 0;
     items[i].status = build(c, items[i].task, items[i].args, items[i].kwargs,
                             &items[i].opts, items[i].id, &bodies[i], &len, &eta);
     if (items[i].status != 0) {
-      if (!first) first = items[i].status;
+      if (!first) {
+        first = items[i].status;
+        snprintf(first_err, sizeof first_err, "%s", c->errstr);
+      }
       continue;
     }
     pushes[npush] = (broker_push){.queue = items[i].opts.queue ? items[i].opts.queue
@@ -225,23 +281,29 @@ int celer_enqueue_batch(celer_client *c, celer_batch_item *items, size_t n) {
                                   .envelope = bodies[i], .len = len, .eta_ms = eta};
     index[npush++] = i;
   }
-  char keep[CELER_ERRSTR_LEN];
-  snprintf(keep, sizeof keep, "%s", c->errstr);
   if (npush > 0) {
     rc = broker_enqueue(&c->conn, pushes, npush);
     for (size_t k = 0; k < npush; k++) items[index[k]].status = pushes[k].status;
-    if (rc != 0) {
-      fail_broker(c, &c->conn, rc);
-      if (!first) first = rc;
-    } else if (first) {
-      snprintf(c->errstr, sizeof c->errstr, "%s", keep);
+    if (rc != 0 && !first) {
+      first = fail_broker(c, &c->conn, rc);
+      snprintf(first_err, sizeof first_err, "%s", c->errstr);
     }
   }
+  /* The sentence describes the item whose code is returned: the first. */
+  if (first) snprintf(c->errstr, sizeof c->errstr, "%s", first_err);
   for (size_t i = 0; i < n; i++) free(bodies[i]);
   free(pushes);
   free(bodies);
   free(index);
   return first;
+}
+
+int celer_enqueue_batch(celer_client *c, celer_batch_item *items, size_t n) {
+  sigpipe_guard g;
+  sigpipe_block(&g);
+  int rc = celer_enqueue_batch_io(c, items, n);
+  sigpipe_restore(&g);
+  return rc;
 }
 
 /* Parses a stored record; on 0 the caller owns *record. */
@@ -278,7 +340,8 @@ static int check_names(celer_client *c, const char *queue, const char *id) {
   return 0;
 }
 
-int celer_get_record(celer_client *c, const char *queue, const char *id, json_t **record) {
+static int celer_get_record_io(celer_client *c, const char *queue, const char *id,
+                               json_t **record) {
   int rc = check_names(c, queue, id);
   if (rc == 0) rc = ready(c);
   if (rc != 0) return rc;
@@ -293,6 +356,14 @@ int celer_get_record(celer_client *c, const char *queue, const char *id, json_t 
   broker_names_free(names, n);
   if (rc == CELER_ENOTFOUND)
     fail(c, rc, "no record for task %s in any of %zu queues", id, n);
+  return rc;
+}
+
+int celer_get_record(celer_client *c, const char *queue, const char *id, json_t **record) {
+  sigpipe_guard g;
+  sigpipe_block(&g);
+  int rc = celer_get_record_io(c, queue, id, record);
+  sigpipe_restore(&g);
   return rc;
 }
 
@@ -313,8 +384,8 @@ static int read_final(celer_client *c, const char *queue, const char *id, json_t
   return 1;
 }
 
-int celer_wait(celer_client *c, const char *queue, const char *id, int64_t timeout_ms,
-               json_t **record) {
+static int celer_wait_io(celer_client *c, const char *queue, const char *id,
+                         int64_t timeout_ms, json_t **record) {
   if (queue == NULL) queue = CELER_DEFAULT_QUEUE;
   int rc = check_names(c, queue, id);
   if (rc == 0) rc = ready(c);
@@ -348,6 +419,15 @@ int celer_wait(celer_client *c, const char *queue, const char *id, int64_t timeo
   broker_close(&sub);
   memset(&sub.url, 0, sizeof sub.url);
   return rc == 1 ? 0 : rc;
+}
+
+int celer_wait(celer_client *c, const char *queue, const char *id, int64_t timeout_ms,
+               json_t **record) {
+  sigpipe_guard g;
+  sigpipe_block(&g);
+  int rc = celer_wait_io(c, queue, id, timeout_ms, record);
+  sigpipe_restore(&g);
+  return rc;
 }
 
 int celer_record_state(const json_t *record, celer_state *out) {

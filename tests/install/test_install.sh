@@ -2,10 +2,12 @@
 # make install into a DESTDIR, then: every promised file is there, a program
 # builds against the installed library through pkg-config and through the
 # CMake package, and the installed worker finds its modules by name.
-# Usage: test_install.sh BUILD_DIR SOURCE_DIR
+# Usage: test_install.sh BUILD_DIR SANITIZE(0|1)
 set -eu
 BUILD=$1
-SRC=$2
+# A sanitizer build's library needs consumers built with the same runtime.
+CFLAGS=""
+[ "${2:-0}" = 1 ] && CFLAGS="-fsanitize=address,undefined"
 DEADLINE_S=30
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/celer-install-XXXXXX")
 WORKER_PID=""
@@ -39,7 +41,7 @@ int main(void) {
 }
 C
 FLAGS=$(PKG_CONFIG_PATH="$LIBDIR/pkgconfig" pkg-config --cflags --libs celer)
-cc -o "$TMP/producer" "$TMP/producer.c" $FLAGS || fail "cannot build against celer.pc"
+cc $CFLAGS -o "$TMP/producer" "$TMP/producer.c" $FLAGS || fail "cannot build against celer.pc"
 LD_LIBRARY_PATH="$LIBDIR" "$TMP/producer" || fail "the pkg-config producer did not run"
 
 # The same through find_package(celer).
@@ -52,7 +54,7 @@ find_package(celer REQUIRED)
 add_executable(producer producer.c)
 target_link_libraries(producer PRIVATE celer::celer)
 C
-cmake -S "$TMP/cm" -B "$TMP/cm/build" -DCMAKE_PREFIX_PATH="$ROOT" >/dev/null ||
+cmake -S "$TMP/cm" -B "$TMP/cm/build" -DCMAKE_PREFIX_PATH="$ROOT" -DCMAKE_C_FLAGS="$CFLAGS" >/dev/null ||
   fail "find_package(celer) failed"
 cmake --build "$TMP/cm/build" >/dev/null || fail "cannot build against the CMake package"
 

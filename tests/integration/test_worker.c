@@ -33,7 +33,15 @@ static int start_worker(suite *s, const char *const *extra) {
 static void stop_worker(suite *s) {
   if (s->worker > 0) {
     int status = harness_stop(s->worker, SIGTERM, HARNESS_DEADLINE_MS);
-    /* A worker asked to stop exits 0; anything else is a defect. */
+    /* A worker asked to stop exits 0; anything else is a defect, and its
+     * log (sanitizer reports included) says which. */
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      const char *argv[] = {"cat", s->log, NULL};
+      char *out = NULL;
+      harness_run(argv, NULL, NULL, 0, &out, NULL, HARNESS_DEADLINE_MS);
+      print_error("worker log:\n%s\n", out ? out : "");
+      free(out);
+    }
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
   }
