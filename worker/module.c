@@ -25,6 +25,13 @@ static int is_path(const char *s) {
 
 static int readable(const char *path) { return access(path, R_OK) == 0; }
 
+/* Adds dir to the comma-separated list of places looked in (cut short
+ * when it no longer fits: it is only for the error message). */
+static void note_tried(char *tried, size_t size, const char *dir) {
+  size_t used = strlen(tried);
+  celer_fmt(tried + used, size - used, "%s%s", used ? ", " : "", dir);
+}
+
 /* Finds NAME.so; returns 0 and fills out, or -1. */
 static int find_module(const char *name, char *out, size_t size, char *tried, size_t tsize) {
   char dirs[4][PATH_MAX];
@@ -51,15 +58,13 @@ static int find_module(const char *name, char *out, size_t size, char *tried, si
         free(copy);
         return 0;
       }
-      size_t used = strlen(tried);
-      snprintf(tried + used, tsize - used, "%s%s", used ? ", " : "", d);
+      note_tried(tried, tsize, d);
     }
     free(copy);
   }
   for (size_t i = 0; i < ndirs; i++) {
     if (celer_fmt(out, size, "%s/%s.so", dirs[i], name) == 0 && readable(out)) return 0;
-    size_t used = strlen(tried);
-    snprintf(tried + used, tsize - used, "%s%s", used ? ", " : "", dirs[i]);
+    note_tried(tried, tsize, dirs[i]);
   }
   return -1;
 }

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -89,6 +90,8 @@ pid_t harness_spawn(const char *const *argv, const char *const *env, const char 
   if (envp == NULL) return -1;
   pid_t pid = fork();
   if (pid == 0) {
+    /* A test that crashes must not leave its servers and workers behind. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (out_path) {
       int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0600);
       if (fd >= 0) dup2(fd, 1);

@@ -331,6 +331,23 @@ static void test_second_delivery_of_a_final_task_is_a_duplicate(void **state) {
   json_decref(first);
 }
 
+static void test_scripts_come_back_after_a_script_flush(void **state) {
+  suite *s = *state;
+  assert_int_equal(start_worker(s, NULL), 0);
+  char id[CELER_ID_MAX + 1];
+  assert_int_equal(celer_enqueue(s->client, "test.noop", NULL, NULL, NULL, id), 0);
+  json_t *rec = wait_final(s, NULL, id);
+  json_decref(rec);
+  /* What a Redis restart does to the script cache: the next completion
+   * meets NOSCRIPT, loads the script again and goes on. */
+  const char *flush[] = {"SCRIPT", "FLUSH", NULL};
+  assert_int_equal(harness_cli(&s->redis, flush, NULL), 0);
+  assert_int_equal(celer_enqueue(s->client, "test.echo", NULL, NULL, NULL, id), 0);
+  rec = wait_final(s, NULL, id);
+  assert_state(rec, "SUCCEEDED");
+  json_decref(rec);
+}
+
 static void test_queues_in_priority_order_over_tcp(void **state) {
   suite *s = *state;
   harness_redis tcp;
@@ -340,11 +357,14 @@ static void test_queues_in_priority_order_over_tcp(void **state) {
   assert_int_equal(celer_client_connect(c), 0);
   celer_enqueue_options o;
   celer_enqueue_options_init(&o);
-  o.queue = "high";
   char hi[CELER_ID_MAX + 1], lo[CELER_ID_MAX + 1];
-  assert_int_equal(celer_enqueue(c, "test.noop", NULL, NULL, &o, hi), 0);
+  /* Low first in time, high first in priority: high must run first. */
   o.queue = "low";
   assert_int_equal(celer_enqueue(c, "test.noop", NULL, NULL, &o, lo), 0);
+  o.queue = "high";
+  json_t *kw = json_pack("{sf}", "seconds", 0.05);
+  assert_int_equal(celer_enqueue(c, "test.sleep", NULL, kw, &o, hi), 0);
+  json_decref(kw);
   const char *args[] = {"--queues", "high,low", NULL};
   pid_t w = harness_worker(&tcp, args, s->log);
   json_t *rh = NULL, *rl = NULL;
@@ -352,6 +372,8 @@ static void test_queues_in_priority_order_over_tcp(void **state) {
   assert_int_equal(celer_wait(c, "low", lo, HARNESS_DEADLINE_MS, &rl), 0);
   assert_string_equal(json_string_value(json_object_get(rh, "queue")), "high");
   assert_string_equal(json_string_value(json_object_get(rl, "queue")), "low");
+  assert_true(json_integer_value(json_object_get(rl, "started_at")) >=
+              json_integer_value(json_object_get(rh, "finished_at")));
   int status = harness_stop(w, SIGTERM, HARNESS_DEADLINE_MS);
   assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
   json_decref(rh);
@@ -397,6 +419,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_expired_and_wrong_queue, test_setup, test_teardown),
       cmocka_unit_test_setup_teardown(test_second_delivery_of_a_final_task_is_a_duplicate,
                                       test_setup, test_teardown),
+      cmocka_unit_test_setup_teardown(test_scripts_come_back_after_a_script_flush, test_setup,
+                                      test_teardown),
       cmocka_unit_test_setup_teardown(test_queues_in_priority_order_over_tcp, test_setup,
                                       test_teardown),
       cmocka_unit_test(test_bad_flags_and_missing_module),
