@@ -86,12 +86,16 @@ static int64_t backoff_ms(int64_t attempt) {
   return jitter(ceiling);
 }
 
+/* Largest rejected payload the worker still parses to find its id: the
+ * JSON parser needs several times the text's size in memory, and Redis
+ * accepts values up to 512 MiB. */
+#define RUNNER_SALVAGE_MAX (16 * 1024 * 1024)
+
 /* Takes the id out of a payload that failed validation, when it has a
  * valid one, so that the producer waiting on that id sees the rejection.
  * Returns 1 and fills out, or 0. */
-static int salvage_id(const char *payload, size_t len, size_t max_payload,
-                      char out[CELER_ID_MAX + 1]) {
-  if (payload == NULL || len > max_payload || memchr(payload, '\0', len)) return 0;
+static int salvage_id(const char *payload, size_t len, char out[CELER_ID_MAX + 1]) {
+  if (payload == NULL || len > RUNNER_SALVAGE_MAX || memchr(payload, '\0', len)) return 0;
   json_t *doc = json_loadb(payload, len, 0, NULL);
   const char *id = json_string_value(json_object_get(doc, "id"));
   int ok = id && strlen(id) <= CELER_ID_MAX && celer_valid_id(id);
@@ -144,6 +148,22 @@ static void run_handler(runner *r, const worker_task *t, const celer_envelope *e
   res->retry_delay_ms = ctx.retry_delay_ms;
 }
 
+/* The envelope of the next attempt: the producer's own JSON with attempt
+ * raised (fields this version does not know survive the retry) and
+ * enqueued_at filled in when the producer left it out. Caller frees. */
+static char *next_attempt(const broker_entry *e, int64_t attempt, int64_t enqueued_at,
+                          size_t *len) {
+  json_t *doc = json_loadb(e->payload, e->payload_len, 0, NULL);
+  char *body = NULL;
+  if (doc && json_object_set_new(doc, "attempt", json_integer(attempt)) == 0 &&
+      (json_object_get(doc, "enqueued_at") != NULL ||
+       json_object_set_new(doc, "enqueued_at", json_integer(enqueued_at)) == 0))
+    body = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  json_decref(doc);
+  if (body) *len = strlen(body);
+  return body;
+}
+
 /* Records a final outcome or schedules the retry. */
 static int record(runner *r, const broker_entry *e, const char *queue, const char *id,
                   const celer_envelope *env, run_result *res) {
@@ -178,11 +198,9 @@ static int record(runner *r, const broker_entry *e, const char *queue, const cha
   int rc = broker_record_encode(&o, &json, &len);
   if (rc != 0) return rc;
   if (res->state == CELER_RETRYING) {
-    celer_envelope next = *env; /* shares env's references; not cleared */
-    next.attempt = env->attempt + 1;
-    char *body = NULL;
     size_t blen = 0;
-    rc = celer_envelope_encode(&next, r->cfg.max_payload, &body, &blen, NULL);
+    char *body = next_attempt(e, env->attempt + 1, o.enqueued_at, &blen);
+    rc = body ? 0 : CELER_ENOMEM;
     if (rc == 0) {
       int64_t delay = res->retry_delay_ms >= 0 ? res->retry_delay_ms : backoff_ms(env->attempt);
       int outcome = 0;
@@ -193,7 +211,8 @@ static int record(runner *r, const broker_entry *e, const char *queue, const cha
       else if (rc == 0) r->stats.retried++;
       if (rc == 0 && outcome == 1) wake_promote_in(r, e->queue_index, delay);
       celer_log(CELER_LOG_INFO, id, "%s failed (%s: %s); retry %lld in %lld ms", env->task,
-                res->error_type, res->error_message, (long long)next.attempt, (long long)delay);
+                res->error_type, res->error_message, (long long)env->attempt + 1,
+                (long long)delay);
       free(body);
     }
     free(json);
@@ -247,7 +266,7 @@ static int handle_entry(runner *r, const broker_entry *e) {
     if (rc != 0) {
       char msg[sizeof err.field + sizeof err.message + 4];
       celer_envelope_error_format(&err, msg, sizeof msg);
-      salvage_id(e->payload, e->payload_len, r->cfg.max_payload, id);
+      salvage_id(e->payload, e->payload_len, id);
       set_outcome(&res, CELER_REJECTED,
                   rc == CELER_ETOOBIG ? "PayloadTooLarge" : "MalformedEnvelope", "%s", msg);
       rc = 0;
