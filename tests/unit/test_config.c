@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "harness/harness.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -37,24 +39,13 @@ static char scratch[128];
 /* ---- fixtures ---- */
 
 static int make_scratch(void **state) {
-  snprintf(scratch, sizeof scratch, "%s/celer-config-XXXXXX",
-           getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-  return mkdtemp(scratch) ? 0 : -1;
+  return harness_tmpdir(scratch, sizeof scratch);
 }
 
 /* Removes whatever the tests left in the scratch dir, then the dir. */
 static int remove_scratch(void **state) {
-  DIR *d = opendir(scratch);
-  if (d == NULL) return -1;
-  struct dirent *e;
-  char path[PATH_MAX * 2];
-  while ((e = readdir(d)) != NULL) {
-    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-    snprintf(path, sizeof path, "%s/%s", scratch, e->d_name);
-    unlink(path);
-  }
-  closedir(d);
-  return rmdir(scratch);
+  harness_rmtree(scratch);
+  return 0;
 }
 
 static int clean_env(void **state) {
