@@ -8,7 +8,10 @@
  *   keys.c     the key layout <ns>:{<queue>}:<part>
  *   envelope.c the envelope codec and its validation (public header)
  *   scripts.c  the embedded Lua scripts: SCRIPT LOAD, EVALSHA, NOSCRIPT
- *   ops.c      enqueue, fetch, complete, promote, records, waiting
+ *   ops.c      enqueue, fetch, complete, reschedule, promote, records
+ *   lease.c    renewing and reclaiming leases
+ *   control.c  cancel, pause, the dead set, purge, eviction settings
+ *   pubsub.c   waiting for results and for news of delayed tasks
  *   record.c   building result records
  *
  * Key layout (CONTRACT, docs/protocol.md):
@@ -17,7 +20,12 @@
  *   <ns>:{q}:scheduled            zset envelope -> due time (ms)
  *   <ns>:{q}:result:<id>          the task's record (JSON string)
  *   <ns>:{q}:stats                hash of counters
+ *   <ns>:{q}:dead                 zset task id -> time it was dead-lettered
+ *   <ns>:{q}:dead:entries         hash task id -> {"record", "envelope"}
+ *   <ns>:{q}:canceled             zset task id -> time it was canceled
+ *   <ns>:{q}:paused               string; present while the queue is paused
  *   <ns>:{q}:done:<id>            pub/sub channel, final state published
+ *   <ns>:{q}:wake                 pub/sub channel, a delayed task was added
  *
  * Errors: 0 or a negative CELER_E*; broker_conn carries the sentence. */
 #ifndef CELER_BROKER_H
@@ -73,7 +81,7 @@ void broker_url_describe(const broker_url *u, char *buf, size_t size);
 #define BROKER_DEFAULT_TIMEOUT_MS 5000
 /* Extra time granted to a blocking command beyond its BLOCK argument. */
 #define BROKER_BLOCK_GRACE_MS 2000
-#define BROKER_SCRIPT_COUNT 3
+#define BROKER_SCRIPT_COUNT 8
 
 typedef struct broker_conn {
   struct redisContext *ctx;   /* owned; NULL when disconnected */
@@ -81,6 +89,8 @@ typedef struct broker_conn {
   char ns[CELER_NAMESPACE_MAX + 1];
   int timeout_ms;
   int64_t max_payload;
+  int64_t dead_max;           /* dead set bound: entries */
+  int64_t dead_ttl_ms;        /* dead set bound: age */
   char scripts_sha[BROKER_SCRIPT_COUNT][41]; /* "" until loaded */
   char errstr[CELER_ERRSTR_LEN];
 } broker_conn;
@@ -112,7 +122,12 @@ void broker_queues_key(char *buf, const char *ns);
 typedef enum broker_script {
   BROKER_SCRIPT_COMPLETE,
   BROKER_SCRIPT_PROMOTE,
-  BROKER_SCRIPT_RESCHEDULE
+  BROKER_SCRIPT_RESCHEDULE,
+  BROKER_SCRIPT_RECLAIM,
+  BROKER_SCRIPT_REFRESH,
+  BROKER_SCRIPT_CANCEL,
+  BROKER_SCRIPT_DEAD_RETRY,
+  BROKER_SCRIPT_PURGE
 } broker_script;
 /* Runs a script by EVALSHA, loading it first when needed and again after
  * NOSCRIPT. Returns the reply (caller frees with broker_reply_free) or NULL
@@ -146,7 +161,9 @@ typedef struct broker_entry {
   char entry_id[48];         /* stream entry id "ms-seq" */
   char *payload;             /* owned: the `task` field, NULL if missing */
   size_t payload_len;
-  int64_t attempt;           /* the `attempt` field, 0 if absent */
+  int64_t attempt;           /* the `attempt` field (see has_attempt) */
+  bool has_attempt;          /* the entry overrides the envelope's attempt */
+  int64_t redeliveries;      /* times its lease expired before this run */
   bool promoted;             /* moved here by promote: due by the broker */
   char *problem;             /* owned: why the entry itself is unusable */
 } broker_entry;
@@ -159,23 +176,107 @@ int broker_fetch(broker_conn *b, const char *const *queues, size_t nqueues,
                  broker_entry **out, size_t *n);
 void broker_entries_free(broker_entry *entries, size_t n);
 
-/* Records a final outcome in one script: XACK + XDEL the entry, write the
- * record (unless the task already has a final one: then only count a
- * duplicate), bump counters, PUBLISH the state. entry_id may be NULL for a
- * task that was never in the stream. *recorded is 1 when the record was
- * written, 0 for a duplicate. */
-int broker_complete(broker_conn *b, const char *queue, const char *entry_id,
-                    const char *task_id, celer_state state, const char *record,
-                    size_t record_len, int64_t ttl_ms, int *recorded);
+/* A final outcome to record (complete.lua). Strings are borrowed. */
+typedef struct broker_completion {
+  const char *queue;
+  const char *entry_id;     /* NULL for a task that was never in the stream */
+  const char *consumer;     /* who holds the lease on entry_id */
+  const char *task_id;
+  celer_state state;
+  const char *record;
+  size_t record_len;
+  int64_t ttl_ms;
+  const char *dead_entry;   /* JSON kept in the dead set; NULL = not dead */
+  size_t dead_len;
+} broker_completion;
 
-/* Moves a taken entry into the scheduled set (reschedule.lua): a retry
- * due at due_ms with its RETRYING record, or (park) a task whose eta is
- * ahead by the broker's clock. *outcome: 1 scheduled, 0 not parked because
- * already due, -1 the task already had a final record (duplicate). */
-int broker_reschedule(broker_conn *b, const char *queue, const char *entry_id,
-                      const char *task_id, const char *envelope, size_t envelope_len,
-                      int64_t due_ms, bool park, const char *record, size_t record_len,
-                      int64_t ttl_ms, int *outcome);
+/* Outcomes of the state-change scripts. */
+#define BROKER_RECORDED 1   /* the change was made */
+#define BROKER_DUPLICATE 0  /* the task already had a final record */
+#define BROKER_STALE -1     /* the lease was lost: nothing was changed */
+
+/* Records a final outcome in one script: checks the lease, XACK + XDEL the
+ * entry, writes the record (unless the task already has a final one),
+ * dead-letters it when asked (bounded by b->dead_max and b->dead_ttl_ms),
+ * bumps counters, PUBLISHes the state. *outcome is BROKER_RECORDED,
+ * BROKER_DUPLICATE or BROKER_STALE. */
+int broker_complete(broker_conn *b, const broker_completion *c, int *outcome);
+
+/* A leased entry to move into the scheduled set (reschedule.lua). */
+typedef struct broker_reschedule_req {
+  const char *queue, *entry_id, *consumer, *task_id;
+  const char *envelope;     /* what goes into the scheduled set */
+  size_t envelope_len;
+  int64_t due_ms;
+  bool park;                /* true: only if due_ms is ahead by the broker */
+  const char *record;       /* the RETRYING record (retry only) */
+  size_t record_len;
+  int64_t ttl_ms;
+} broker_reschedule_req;
+
+/* Schedules a retry with its RETRYING record, or parks a task whose eta is
+ * ahead by the broker's clock. *outcome: BROKER_RECORDED (scheduled),
+ * BROKER_DUPLICATE (already final: acked only), BROKER_STALE (lease lost),
+ * or BROKER_NOT_PARKED (already due: run it now). */
+#define BROKER_NOT_PARKED 2
+int broker_reschedule(broker_conn *b, const broker_reschedule_req *r, int *outcome);
+
+/* Renews consumer's leases on the given entries of queue (refresh.lua);
+ * entries it no longer holds are left alone. *renewed may be NULL. */
+int broker_refresh(broker_conn *b, const char *queue, const char *consumer,
+                   const char *const *entry_ids, size_t n, int *renewed);
+
+/* Moves entries of queue idle longer than lease_ms back to the stream with
+ * their redelivery count raised (reclaim.lua), at most count per call.
+ * Entries past `limit` redeliveries are claimed for consumer instead and
+ * returned in *lost (caller frees with broker_entries_free): the caller
+ * records them as FAILED. */
+int broker_reclaim(broker_conn *b, const char *queue, const char *consumer, int64_t lease_ms,
+                   int count, int64_t limit, broker_entry **lost, size_t *n);
+
+/* Cancels a task that has no final record (cancel.lua). state_out (16
+ * bytes) gets "CANCELED", or the final state the task already had. */
+int broker_cancel(broker_conn *b, const char *queue, const char *task_id,
+                  const char *record, size_t record_len, int64_t ttl_ms, char state_out[16]);
+/* Which of the task ids are marked canceled in queue; canceled[i] is set
+ * for each. One round trip. */
+int broker_canceled(broker_conn *b, const char *queue, const char *const *ids, size_t n,
+                    bool *canceled);
+
+/* Pause flags of several queues in one round trip; paused[i] per queue. */
+int broker_paused(broker_conn *b, const char *const *queues, size_t n, bool *paused);
+/* Pauses (true) or resumes (false) a queue. */
+int broker_set_paused(broker_conn *b, const char *queue, bool paused);
+
+/* Dead entries of queue, newest first: ids[i] and entries[i] (the stored
+ * JSON, NULL if missing) and dead_at[i] in ms; caller frees both lists with
+ * broker_names_free and dead_at with free(). *total gets the set's size. */
+int broker_dead_list(broker_conn *b, const char *queue, int64_t offset, int64_t limit,
+                     char ***ids, char ***entries, int64_t **dead_at, size_t *n,
+                     int64_t *total);
+/* Moves one dead task (task_id) or a batch of the oldest (task_id NULL,
+ * passing over `offset` that cannot be retried) back to ready
+ * (dead_retry.lua). */
+int broker_dead_retry(broker_conn *b, const char *queue, const char *task_id, int batch,
+                      int64_t offset, int64_t *moved, int64_t *skipped, int64_t *left);
+
+/* Purge parts (a string of 'r' ready, 's' scheduled, 'd' dead) of queue,
+ * one batch (purge.lua). counts[0..2] get what was removed from each;
+ * *done is false while ready entries remain to remove. */
+int broker_purge(broker_conn *b, const char *queue, const char *parts, int batch,
+                 int64_t counts[3], bool *done);
+
+/* Redis's eviction settings: policy (at least 32 bytes) and maxmemory in
+ * bytes. CELER_EAUTH when CONFIG GET is not allowed for this user. */
+int broker_eviction(broker_conn *b, char *policy, size_t size, int64_t *maxmemory);
+
+/* Subscribes sub (its own connection) to the wake channels of queues. */
+int broker_subscribe_wake(broker_conn *sub, const char *const *queues, size_t n);
+/* The connection's socket, for poll(); -1 when disconnected. */
+int broker_fd(const broker_conn *b);
+/* Reads what arrived on a subscribed connection without blocking and
+ * discards it; returns the number of messages, or an error. */
+int broker_drain_messages(broker_conn *sub);
 
 /* Moves due members of queue's scheduled set into its stream (at most max),
  * judged by the broker's clock. *moved gets the count; *next_due_ms the
@@ -209,7 +310,10 @@ typedef struct broker_outcome {
   const char *entry_id;      /* stream entry, NULL if none */
   celer_state state;
   int64_t attempt;
+  int64_t redeliveries;      /* times a lease expired before this run */
   const json_t *result;      /* SUCCEEDED only; NULL = null */
+  const json_t *errors;      /* earlier attempts' errors (array) or NULL */
+  int64_t next_run_at;       /* RETRYING: when it runs again */
   const char *error_type;    /* not SUCCEEDED */
   const char *error_message;
   int64_t enqueued_at, started_at, finished_at;

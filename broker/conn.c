@@ -25,6 +25,8 @@ void broker_init(broker_conn *b, const broker_url *url, const char *ns, int time
   snprintf(b->ns, sizeof b->ns, "%s", ns ? ns : CELER_DEFAULT_NAMESPACE);
   b->timeout_ms = timeout_ms > 0 ? timeout_ms : BROKER_DEFAULT_TIMEOUT_MS;
   b->max_payload = CELER_DEFAULT_MAX_PAYLOAD;
+  b->dead_max = CELER_DEFAULT_DEAD_MAX;
+  b->dead_ttl_ms = (int64_t)CELER_DEFAULT_DEAD_TTL_S * 1000;
 }
 
 void broker_close(broker_conn *b) {

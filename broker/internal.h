@@ -18,9 +18,23 @@ int broker_io_error(broker_conn *b, const char *what);
 redisReply *broker_command(broker_conn *b, int *code, int argc, const char **argv,
                            const size_t *argvlen);
 
+/* Turns an error reply into CELER_EAUTH (NOAUTH, NOPERM) or CELER_EPROTO
+ * with a sentence naming what failed. Does not free r. */
+int broker_reply_error(broker_conn *b, redisReply *r, const char *what);
+/* Reads an integer script reply into *outcome and frees r. */
+int broker_integer_reply(broker_conn *b, redisReply *r, const char *script, int *outcome);
+/* A NUL-terminated malloc'd copy of len bytes, or NULL. */
+char *broker_copy_bytes(const char *s, size_t len);
+
 /* Embedded script sources (generated from broker/lua/ at build time). */
+extern const char celer_lua_lib[];
 extern const char celer_lua_complete[];
 extern const char celer_lua_promote[];
 extern const char celer_lua_reschedule[];
+extern const char celer_lua_reclaim[];
+extern const char celer_lua_refresh[];
+extern const char celer_lua_cancel[];
+extern const char celer_lua_dead_retry[];
+extern const char celer_lua_purge[];
 
 #endif

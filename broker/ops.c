@@ -11,7 +11,7 @@
  * spread over more queues registers each name once per item instead. */
 #define ENQUEUE_DISTINCT_QUEUES 16
 
-static int reply_error(broker_conn *b, redisReply *r, const char *what) {
+int broker_reply_error(broker_conn *b, redisReply *r, const char *what) {
   int code = strncmp(r->str, "NOAUTH", 6) == 0 || strncmp(r->str, "NOPERM", 6) == 0
                  ? CELER_EAUTH
                  : CELER_EPROTO;
@@ -23,25 +23,33 @@ int broker_ping(broker_conn *b) {
   int code;
   redisReply *r = broker_command(b, &code, 1, argv, NULL);
   if (r == NULL) return code;
-  int rc = r->type == REDIS_REPLY_ERROR ? reply_error(b, r, "PING") : 0;
+  int rc = r->type == REDIS_REPLY_ERROR ? broker_reply_error(b, r, "PING") : 0;
   freeReplyObject(r);
   return rc;
 }
 
+/* Appends the commands of one push; returns how many replies they bring
+ * (XADD; or ZADD and a PUBLISH on the queue's wake channel, so that
+ * schedulers asleep until a later due time look again), or -1. */
 static int append_push(broker_conn *b, const broker_push *p, int64_t now_ms) {
   char key[BROKER_KEY_MAX + 1];
   if (p->eta_ms > now_ms) {
-    char score[24];
+    char score[24], channel[BROKER_KEY_MAX + 1];
     snprintf(score, sizeof score, "%lld", (long long)p->eta_ms);
     broker_key(key, b->ns, p->queue, "scheduled", NULL);
+    broker_key(channel, b->ns, p->queue, "wake", NULL);
     const char *argv[4] = {"ZADD", key, score, p->envelope};
     size_t len[4] = {4, strlen(key), strlen(score), p->len};
-    return redisAppendCommandArgv(b->ctx, 4, argv, len);
+    const char *pub[3] = {"PUBLISH", channel, score};
+    if (redisAppendCommandArgv(b->ctx, 4, argv, len) != REDIS_OK ||
+        redisAppendCommandArgv(b->ctx, 3, pub, NULL) != REDIS_OK)
+      return -1;
+    return 2;
   }
   broker_key(key, b->ns, p->queue, "stream", NULL);
   const char *argv[5] = {"XADD", key, "*", "task", p->envelope};
   size_t len[5] = {4, strlen(key), 1, 4, p->len};
-  return redisAppendCommandArgv(b->ctx, 5, argv, len);
+  return redisAppendCommandArgv(b->ctx, 5, argv, len) == REDIS_OK ? 1 : -1;
 }
 
 static int append_register(broker_conn *b, const char *queue) {
@@ -69,8 +77,11 @@ static bool first_of_queue(const broker_push *pushes, size_t i) {
 }
 
 int broker_enqueue(broker_conn *b, broker_push *pushes, size_t n) {
-  bool *registers = calloc(n ? n : 1, sizeof *registers);
-  if (registers == NULL) {
+  /* Per push: its SADD (when first of its queue) and its own replies. */
+  unsigned char *registers = calloc(n ? n : 1, 1), *replies = calloc(n ? n : 1, 1);
+  if (registers == NULL || replies == NULL) {
+    free(registers);
+    free(replies);
     for (size_t i = 0; i < n; i++) pushes[i].status = CELER_ENOMEM;
     return broker_fail(b, CELER_ENOMEM, "out of memory building the enqueue pipeline");
   }
@@ -79,18 +90,19 @@ int broker_enqueue(broker_conn *b, broker_push *pushes, size_t n) {
   int64_t now = celer_now_ms();
   for (size_t i = 0; rc == 0 && i < n; i++) {
     registers[i] = first_of_queue(pushes, i);
+    int k = -1;
     if ((registers[i] && append_register(b, pushes[i].queue) != REDIS_OK) ||
-        append_push(b, &pushes[i], now) != REDIS_OK) {
+        (k = append_push(b, &pushes[i], now)) < 0) {
       /* The context's output buffer is in an unknown state: start over. */
       broker_close(b);
       fail_pending(pushes, n, CELER_ENOMEM);
       rc = broker_fail(b, CELER_ENOMEM, "out of memory building the enqueue pipeline");
     }
+    replies[i] = (unsigned char)(k + registers[i]);
   }
   /* Replies come back in the order the commands were appended. */
   for (size_t i = 0; rc == 0 && i < n; i++) {
-    size_t replies = registers[i] ? 2 : 1;
-    for (size_t k = 0; k < replies; k++) {
+    for (size_t k = 0; k < replies[i]; k++) {
       redisReply *r = NULL;
       if (redisGetReply(b->ctx, (void **)&r) != REDIS_OK || r == NULL) {
         /* Redis may or may not have run what is left: say so plainly. */
@@ -99,13 +111,14 @@ int broker_enqueue(broker_conn *b, broker_push *pushes, size_t n) {
         rc = code;
         break;
       }
-      if (r->type == REDIS_REPLY_ERROR)
-        pushes[i].status = reply_error(b, r, k + 1 == replies ? "XADD" : "SADD");
+      if (r->type == REDIS_REPLY_ERROR && pushes[i].status == 1)
+        pushes[i].status = broker_reply_error(b, r, "enqueue");
       freeReplyObject(r);
     }
     if (pushes[i].status == 1) pushes[i].status = 0;
   }
   free(registers);
+  free(replies);
   for (size_t i = 0; rc == 0 && i < n; i++)
     if (pushes[i].status != 0) rc = pushes[i].status;
   return rc;
@@ -121,13 +134,13 @@ int broker_ensure_group(broker_conn *b, const char *queue) {
   if (r == NULL) return code;
   int rc = 0;
   if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0)
-    rc = reply_error(b, r, "XGROUP CREATE");
+    rc = broker_reply_error(b, r, "XGROUP CREATE");
   freeReplyObject(r);
   if (rc != 0) return rc;
   const char *sadd[3] = {"SADD", qkey, queue};
   r = broker_command(b, &code, 3, sadd, NULL);
   if (r == NULL) return code;
-  if (r->type == REDIS_REPLY_ERROR) rc = reply_error(b, r, "SADD");
+  if (r->type == REDIS_REPLY_ERROR) rc = broker_reply_error(b, r, "SADD");
   freeReplyObject(r);
   return rc;
 }
@@ -141,13 +154,26 @@ void broker_entries_free(broker_entry *entries, size_t n) {
   free(entries);
 }
 
-static char *copy_bytes(const char *s, size_t len) {
+char *broker_copy_bytes(const char *s, size_t len) {
   char *p = malloc(len + 1);
   if (p) {
     memcpy(p, s, len);
     p[len] = '\0';
   }
   return p;
+}
+
+/* Parses a decimal count stored by the system; a malformed one reads as
+ * absent (false). */
+static bool parse_count(const char *s, size_t len, int64_t *out) {
+  char buf[24];
+  int64_t v;
+  if (len >= sizeof buf) return false;
+  memcpy(buf, s, len);
+  buf[len] = '\0';
+  if (celer_parse_i64(buf, &v) != 0) return false;
+  *out = v;
+  return true;
 }
 
 /* Fills e from one [id, [field, value, ...]] element of an XREADGROUP
@@ -167,21 +193,20 @@ static int parse_entry(redisReply *item, broker_entry *e) {
         redisReply *name = fields->element[f], *value = fields->element[f + 1];
         if (name->type != REDIS_REPLY_STRING || value->type != REDIS_REPLY_STRING) continue;
         if (name->len == 4 && memcmp(name->str, "task", 4) == 0 && e->payload == NULL) {
-          if ((e->payload = copy_bytes(value->str, value->len)) == NULL) return CELER_ENOMEM;
+          if ((e->payload = broker_copy_bytes(value->str, value->len)) == NULL) return CELER_ENOMEM;
           e->payload_len = value->len;
         } else if (name->len == 8 && memcmp(name->str, "promoted", 8) == 0) {
           e->promoted = value->len == 1 && value->str[0] == '1';
         } else if (name->len == 7 && memcmp(name->str, "attempt", 7) == 0) {
-          char buf[24];
-          int64_t v;
-          snprintf(buf, sizeof buf, "%.*s", (int)value->len, value->str);
-          if (value->len < sizeof buf && celer_parse_i64(buf, &v) == 0) e->attempt = v;
+          e->has_attempt = parse_count(value->str, value->len, &e->attempt);
+        } else if (name->len == 12 && memcmp(name->str, "redeliveries", 12) == 0) {
+          parse_count(value->str, value->len, &e->redeliveries);
         }
       }
       if (e->payload == NULL) problem = "the stream entry has no `task` field";
     }
   }
-  if (problem && (e->problem = copy_bytes(problem, strlen(problem))) == NULL)
+  if (problem && (e->problem = broker_copy_bytes(problem, strlen(problem))) == NULL)
     return CELER_ENOMEM;
   return 0;
 }
@@ -283,7 +308,7 @@ int broker_fetch(broker_conn *b, const char *const *queues, size_t nqueues,
       continue;
     }
     if (r->type == REDIS_REPLY_ERROR) {
-      rc = reply_error(b, r, "XREADGROUP");
+      rc = broker_reply_error(b, r, "XREADGROUP");
       freeReplyObject(r);
       return rc;
     }
@@ -294,62 +319,72 @@ int broker_fetch(broker_conn *b, const char *const *queues, size_t nqueues,
   return broker_fail(b, CELER_EPROTO, "XREADGROUP: the consumer group keeps disappearing");
 }
 
-int broker_complete(broker_conn *b, const char *queue, const char *entry_id,
-                    const char *task_id, celer_state state, const char *record,
-                    size_t record_len, int64_t ttl_ms, int *recorded) {
-  char stream[BROKER_KEY_MAX + 1], result[BROKER_KEY_MAX + 1], stats[BROKER_KEY_MAX + 1],
-      channel[BROKER_KEY_MAX + 1], ttl[24];
-  broker_key(stream, b->ns, queue, "stream", NULL);
-  broker_key(result, b->ns, queue, "result:", task_id);
-  broker_key(stats, b->ns, queue, "stats", NULL);
-  broker_key(channel, b->ns, queue, "done:", task_id);
-  snprintf(ttl, sizeof ttl, "%lld", (long long)(ttl_ms > 0 ? ttl_ms : 1));
-  const char *name = celer_state_name(state);
-  const char *argv[9] = {stream, result, stats, BROKER_GROUP, entry_id ? entry_id : "",
-                         record, ttl, name, channel};
-  size_t len[9];
-  for (int i = 0; i < 9; i++) len[i] = strlen(argv[i]);
-  len[5] = record_len;
-  int code;
-  redisReply *r = broker_eval(b, &code, BROKER_SCRIPT_COMPLETE, 3, argv, len, 9);
-  if (r == NULL) return code;
-  int rc = 0;
-  if (r->type == REDIS_REPLY_INTEGER) {
-    if (recorded) *recorded = r->integer == 1;
-  } else {
-    rc = broker_fail(b, CELER_EPROTO, "the complete script returned type %d", r->type);
-  }
-  freeReplyObject(r);
-  return rc;
-}
-
-int broker_reschedule(broker_conn *b, const char *queue, const char *entry_id,
-                      const char *task_id, const char *envelope, size_t envelope_len,
-                      int64_t due_ms, bool park, const char *record, size_t record_len,
-                      int64_t ttl_ms, int *outcome) {
-  char stream[BROKER_KEY_MAX + 1], sched[BROKER_KEY_MAX + 1], result[BROKER_KEY_MAX + 1],
-      stats[BROKER_KEY_MAX + 1], due[24], ttl[24];
-  broker_key(stream, b->ns, queue, "stream", NULL);
-  broker_key(sched, b->ns, queue, "scheduled", NULL);
-  broker_key(result, b->ns, queue, "result:", task_id);
-  broker_key(stats, b->ns, queue, "stats", NULL);
-  snprintf(due, sizeof due, "%lld", (long long)due_ms);
-  snprintf(ttl, sizeof ttl, "%lld", (long long)(ttl_ms > 0 ? ttl_ms : 1));
-  const char *argv[11] = {stream, sched,    result, stats, BROKER_GROUP,   entry_id,
-                          envelope, due, park ? "park" : "retry", record ? record : "", ttl};
-  size_t len[11];
-  for (int i = 0; i < 11; i++) len[i] = strlen(argv[i]);
-  len[6] = envelope_len;
-  len[9] = record ? record_len : 0;
-  int code;
-  redisReply *r = broker_eval(b, &code, BROKER_SCRIPT_RESCHEDULE, 4, argv, len, 11);
-  if (r == NULL) return code;
+/* Reads an integer script reply into *outcome. */
+int broker_integer_reply(broker_conn *b, redisReply *r, const char *script, int *outcome) {
   int rc = 0;
   if (r->type == REDIS_REPLY_INTEGER)
     *outcome = (int)r->integer;
   else
-    rc = broker_fail(b, CELER_EPROTO, "the reschedule script returned type %d", r->type);
+    rc = broker_fail(b, CELER_EPROTO, "the %s script returned type %d", script, r->type);
   freeReplyObject(r);
+  return rc;
+}
+
+int broker_complete(broker_conn *b, const broker_completion *c, int *outcome) {
+  char stream[BROKER_KEY_MAX + 1], result[BROKER_KEY_MAX + 1], stats[BROKER_KEY_MAX + 1],
+      dead[BROKER_KEY_MAX + 1], entries[BROKER_KEY_MAX + 1], channel[BROKER_KEY_MAX + 1],
+      ttl[24], dead_max[24], dead_age[24];
+  broker_key(stream, b->ns, c->queue, "stream", NULL);
+  broker_key(result, b->ns, c->queue, "result:", c->task_id);
+  broker_key(stats, b->ns, c->queue, "stats", NULL);
+  broker_key(dead, b->ns, c->queue, "dead", NULL);
+  broker_key(entries, b->ns, c->queue, "dead:entries", NULL);
+  broker_key(channel, b->ns, c->queue, "done:", c->task_id);
+  snprintf(ttl, sizeof ttl, "%lld", (long long)(c->ttl_ms > 0 ? c->ttl_ms : 1));
+  snprintf(dead_max, sizeof dead_max, "%lld", (long long)b->dead_max);
+  snprintf(dead_age, sizeof dead_age, "%lld", (long long)b->dead_ttl_ms);
+  const char *argv[16] = {stream, result, stats, dead, entries,
+                          BROKER_GROUP, c->entry_id ? c->entry_id : "", c->consumer,
+                          c->record, ttl, celer_state_name(c->state), channel, c->task_id,
+                          c->dead_entry ? c->dead_entry : "", dead_max, dead_age};
+  size_t len[16];
+  for (int i = 0; i < 16; i++) len[i] = strlen(argv[i]);
+  len[8] = c->record_len;
+  len[13] = c->dead_entry ? c->dead_len : 0;
+  int code;
+  redisReply *r = broker_eval(b, &code, BROKER_SCRIPT_COMPLETE, 5, argv, len, 16);
+  return r ? broker_integer_reply(b, r, "complete", outcome) : code;
+}
+
+int broker_reschedule(broker_conn *b, const broker_reschedule_req *q, int *outcome) {
+  char stream[BROKER_KEY_MAX + 1], sched[BROKER_KEY_MAX + 1], result[BROKER_KEY_MAX + 1],
+      stats[BROKER_KEY_MAX + 1], due[24], ttl[24];
+  broker_key(stream, b->ns, q->queue, "stream", NULL);
+  broker_key(sched, b->ns, q->queue, "scheduled", NULL);
+  broker_key(result, b->ns, q->queue, "result:", q->task_id);
+  broker_key(stats, b->ns, q->queue, "stats", NULL);
+  snprintf(due, sizeof due, "%lld", (long long)q->due_ms);
+  snprintf(ttl, sizeof ttl, "%lld", (long long)(q->ttl_ms > 0 ? q->ttl_ms : 1));
+  const char *argv[12] = {stream,   sched, result, stats, BROKER_GROUP, q->entry_id, q->consumer,
+                          q->envelope, due, q->park ? "park" : "retry",
+                          q->record ? q->record : "", ttl};
+  size_t len[12];
+  for (int i = 0; i < 12; i++) len[i] = strlen(argv[i]);
+  len[7] = q->envelope_len;
+  len[10] = q->record ? q->record_len : 0;
+  int code;
+  redisReply *r = broker_eval(b, &code, BROKER_SCRIPT_RESCHEDULE, 4, argv, len, 12);
+  if (r == NULL) return code;
+  int rc = broker_integer_reply(b, r, "reschedule", outcome);
+  /* The script speaks 1 / 0 (not parked) / -1 (duplicate) / -2 (stale). */
+  if (rc == 0) {
+    switch (*outcome) {
+      case 1: *outcome = BROKER_RECORDED; break;
+      case 0: *outcome = BROKER_NOT_PARKED; break;
+      case -1: *outcome = BROKER_DUPLICATE; break;
+      default: *outcome = BROKER_STALE; break;
+    }
+  }
   return rc;
 }
 
@@ -389,12 +424,12 @@ int broker_get_record(broker_conn *b, const char *queue, const char *id, char **
   if (r->type == REDIS_REPLY_NIL) {
     rc = broker_fail(b, CELER_ENOTFOUND, "no record for task %s in queue %s", id, queue);
   } else if (r->type == REDIS_REPLY_STRING) {
-    if ((*json = copy_bytes(r->str, r->len)) == NULL)
+    if ((*json = broker_copy_bytes(r->str, r->len)) == NULL)
       rc = broker_fail(b, CELER_ENOMEM, "out of memory reading a record");
     else if (len)
       *len = r->len;
   } else if (r->type == REDIS_REPLY_ERROR) {
-    rc = reply_error(b, r, "GET");
+    rc = broker_reply_error(b, r, "GET");
   } else {
     rc = broker_fail(b, CELER_EPROTO, "the record of task %s is not a string", id);
   }
@@ -419,7 +454,7 @@ int broker_list_queues(broker_conn *b, char ***names, size_t *n) {
   if (r == NULL) return code;
   int rc = 0;
   if (r->type == REDIS_REPLY_ERROR) {
-    rc = reply_error(b, r, "SMEMBERS");
+    rc = broker_reply_error(b, r, "SMEMBERS");
   } else if (r->type != REDIS_REPLY_ARRAY) {
     rc = broker_fail(b, CELER_EPROTO, "SMEMBERS: unexpected reply");
   } else if (r->elements > 0) {
@@ -430,7 +465,7 @@ int broker_list_queues(broker_conn *b, char ***names, size_t *n) {
       redisReply *e = r->element[i];
       /* Skip names a foreign writer put there that we could never use. */
       if (e->type != REDIS_REPLY_STRING || e->len > CELER_QUEUE_NAME_MAX) continue;
-      if ((list[k] = copy_bytes(e->str, e->len)) == NULL) {
+      if ((list[k] = broker_copy_bytes(e->str, e->len)) == NULL) {
         broker_names_free(list, k);
         list = NULL;
         rc = CELER_ENOMEM;
@@ -453,47 +488,3 @@ int broker_list_queues(broker_conn *b, char ***names, size_t *n) {
   return rc;
 }
 
-int broker_subscribe_done(broker_conn *sub, const char *queue, const char *id) {
-  char channel[BROKER_KEY_MAX + 1];
-  broker_key(channel, sub->ns, queue, "done:", id);
-  const char *argv[2] = {"SUBSCRIBE", channel};
-  int code;
-  redisReply *r = broker_command(sub, &code, 2, argv, NULL);
-  if (r == NULL) return code;
-  int rc = 0;
-  if (r->type == REDIS_REPLY_ERROR) rc = reply_error(sub, r, "SUBSCRIBE");
-  else if (r->type != REDIS_REPLY_ARRAY)
-    rc = broker_fail(sub, CELER_EPROTO, "SUBSCRIBE: unexpected reply");
-  freeReplyObject(r);
-  return rc;
-}
-
-int broker_wait_message(broker_conn *sub, int64_t deadline_mono_ms) {
-  if (sub->ctx == NULL || sub->ctx->err)
-    return broker_fail(sub, CELER_ECONNECT, "the subscription was lost");
-  for (;;) {
-    int ms = 0; /* 0: no socket timeout, wait forever */
-    if (deadline_mono_ms >= 0) {
-      int64_t left = deadline_mono_ms - celer_mono_ms();
-      if (left <= 0) {
-        broker_close(sub);
-        return broker_fail(sub, CELER_ETIMEDOUT, "timed out waiting for the result");
-      }
-      ms = left > INT32_MAX / 2 ? INT32_MAX / 2 : (int)left;
-    }
-    int rc = broker_set_timeout(sub, ms);
-    if (rc != 0) return rc;
-    redisReply *r = NULL;
-    if (redisGetReply(sub->ctx, (void **)&r) != REDIS_OK || r == NULL) {
-      rc = broker_io_error(sub, "waiting for the result");
-      return rc == CELER_ETIMEDOUT
-                 ? broker_fail(sub, CELER_ETIMEDOUT, "timed out waiting for the result")
-                 : rc;
-    }
-    int is_message = r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
-                     r->element[0]->type == REDIS_REPLY_STRING &&
-                     strcmp(r->element[0]->str, "message") == 0;
-    freeReplyObject(r);
-    if (is_message) return 0;
-  }
-}

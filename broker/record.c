@@ -37,6 +37,7 @@ int broker_record_encode(const broker_outcome *o, char **out, size_t *len) {
   bad |= set_string(rec, "queue", o->queue);
   bad |= set_string(rec, "state", celer_state_name(o->state));
   bad |= json_object_set_new(rec, "attempt", json_integer(o->attempt));
+  bad |= json_object_set_new(rec, "redeliveries", json_integer(o->redeliveries));
   if (o->state == CELER_SUCCEEDED) {
     /* json_object_set takes its own reference; the caller keeps result. */
     bad |= json_object_set(rec, "result", o->result ? (json_t *)o->result : json_null());
@@ -49,6 +50,8 @@ int broker_record_encode(const broker_outcome *o, char **out, size_t *len) {
       bad |= json_object_set_new(rec, "error", err);
     }
   }
+  if (o->errors) bad |= json_object_set(rec, "errors", (json_t *)o->errors);
+  if (o->state == CELER_RETRYING) bad |= set_time(rec, "next_run_at", o->next_run_at);
   bad |= set_time(rec, "enqueued_at", o->enqueued_at);
   bad |= set_time(rec, "started_at", o->started_at);
   bad |= set_time(rec, "finished_at", o->finished_at);

@@ -2,31 +2,39 @@
  * loaded with SCRIPT LOAD on first use and run with EVALSHA; a restarted
  * or flushed Redis answers NOSCRIPT, and the script is loaded again. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include "broker/internal.h"
 
-static const char *script_source(broker_script s) {
-  switch (s) {
-    case BROKER_SCRIPT_COMPLETE: return celer_lua_complete;
-    case BROKER_SCRIPT_PROMOTE: return celer_lua_promote;
-    case BROKER_SCRIPT_RESCHEDULE: return celer_lua_reschedule;
-  }
-  return NULL;
-}
+/* Every script, by broker_script value. */
+static const struct {
+  const char *name;
+  const char *source;
+} scripts[BROKER_SCRIPT_COUNT] = {
+    [BROKER_SCRIPT_COMPLETE] = {"complete", celer_lua_complete},
+    [BROKER_SCRIPT_PROMOTE] = {"promote", celer_lua_promote},
+    [BROKER_SCRIPT_RESCHEDULE] = {"reschedule", celer_lua_reschedule},
+    [BROKER_SCRIPT_RECLAIM] = {"reclaim", celer_lua_reclaim},
+    [BROKER_SCRIPT_REFRESH] = {"refresh", celer_lua_refresh},
+    [BROKER_SCRIPT_CANCEL] = {"cancel", celer_lua_cancel},
+    [BROKER_SCRIPT_DEAD_RETRY] = {"dead_retry", celer_lua_dead_retry},
+    [BROKER_SCRIPT_PURGE] = {"purge", celer_lua_purge},
+};
 
-static const char *script_name(broker_script s) {
-  switch (s) {
-    case BROKER_SCRIPT_COMPLETE: return "complete";
-    case BROKER_SCRIPT_PROMOTE: return "promote";
-    case BROKER_SCRIPT_RESCHEDULE: return "reschedule";
-  }
-  return "?";
-}
+static const char *script_name(broker_script s) { return scripts[s].name; }
 
+/* Loads lib.lua followed by the script as one script. */
 static int load_script(broker_conn *b, broker_script s) {
-  const char *argv[3] = {"SCRIPT", "LOAD", script_source(s)};
+  size_t lib = strlen(celer_lua_lib), body = strlen(scripts[s].source);
+  char *source = malloc(lib + body + 2);
+  if (source == NULL) return broker_fail(b, CELER_ENOMEM, "out of memory loading scripts");
+  memcpy(source, celer_lua_lib, lib);
+  source[lib] = '\n';
+  memcpy(source + lib + 1, scripts[s].source, body + 1);
+  const char *argv[3] = {"SCRIPT", "LOAD", source};
   int code;
   redisReply *r = broker_command(b, &code, 3, argv, NULL);
+  free(source);
   if (r == NULL) return code;
   int rc = 0;
   if (r->type == REDIS_REPLY_STRING && r->len == 40) {

@@ -9,22 +9,11 @@
 #include <string.h>
 #include "broker/broker.h"
 #include "celer/client.h"
+#include "client/internal.h"
 #include "common/common.h"
 
-struct celer_client {
-  broker_conn conn;        /* requests */
-  broker_url url;
-  char ns[CELER_NAMESPACE_MAX + 1];
-  char *password_file;     /* owned; NULL = none */
-  int timeout_ms;
-  size_t max_payload;
-  int setup_error;         /* 0, or why the options were unusable */
-  char errstr[CELER_ERRSTR_LEN];
-};
 
-static int fail(celer_client *c, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int fail(celer_client *c, int code, const char *fmt, ...) {
+int client_fail(celer_client *c, int code, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(c->errstr, sizeof c->errstr, fmt, ap);
@@ -33,33 +22,26 @@ static int fail(celer_client *c, int code, const char *fmt, ...) {
 }
 
 /* Copies a broker connection's sentence into the client. */
-static int fail_broker(celer_client *c, const broker_conn *b, int code) {
+int client_fail_broker(celer_client *c, const broker_conn *b, int code) {
   snprintf(c->errstr, sizeof c->errstr, "%s", b->errstr[0] ? b->errstr : celer_strerror(code));
   return code;
 }
 
-/* hiredis writes with write(2); on a socket the server has closed, Linux
- * raises SIGPIPE, whose default action kills the producer. Every call that
- * may write runs with SIGPIPE blocked in the calling thread, and a SIGPIPE
- * it raised itself is consumed before the old mask returns. */
-typedef struct sigpipe_guard {
-  sigset_t old;
-  int was_pending;
-} sigpipe_guard;
+/* See client/internal.h: why every call that may write guards SIGPIPE. */
 
 static void sigpipe_set(sigset_t *set) {
   sigemptyset(set);
   sigaddset(set, SIGPIPE);
 }
 
-static void sigpipe_block(sigpipe_guard *g) {
+void client_sigpipe_block(client_sigpipe_guard *g) {
   sigset_t pipe_set, pending;
   sigpipe_set(&pipe_set);
   g->was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE);
   pthread_sigmask(SIG_BLOCK, &pipe_set, &g->old);
 }
 
-static void sigpipe_restore(const sigpipe_guard *g) {
+void client_sigpipe_restore(const client_sigpipe_guard *g) {
   int saved = errno;
   sigset_t pipe_set, pending;
   sigpipe_set(&pipe_set);
@@ -100,7 +82,7 @@ celer_client *celer_client_new(const celer_client_options *opts) {
                                                                      : CELER_DEFAULT_MAX_PAYLOAD;
   }
   if (strlen(ns) > CELER_NAMESPACE_MAX || !celer_valid_queue_name(ns)) {
-    c->setup_error = fail(c, CELER_EINVAL,
+    c->setup_error = client_fail(c, CELER_EINVAL,
                           "namespace must be 1 to %d characters from [A-Za-z0-9_.-]",
                           CELER_NAMESPACE_MAX);
   }
@@ -137,38 +119,30 @@ static int celer_client_connect_io(celer_client *c) {
   broker_init(&c->conn, &c->url, c->ns, c->timeout_ms);
   c->conn.max_payload = (int64_t)c->max_payload;
   int rc = broker_connect(&c->conn);
-  if (rc != 0) return fail_broker(c, &c->conn, rc);
+  if (rc != 0) return client_fail_broker(c, &c->conn, rc);
   c->errstr[0] = '\0';
   return 0;
 }
 
 int celer_client_connect(celer_client *c) {
-  sigpipe_guard g;
-  sigpipe_block(&g);
-  int rc = celer_client_connect_io(c);
-  sigpipe_restore(&g);
-  return rc;
+  return CLIENT_GUARDED(celer_client_connect_io(c));
 }
 
 /* Every call after a failed or missing connect reports the same cause. */
-static int ready(celer_client *c) {
+int client_ready(celer_client *c) {
   if (c->setup_error) return c->setup_error;
   int rc = broker_ensure(&c->conn);
-  return rc ? fail_broker(c, &c->conn, rc) : 0;
+  return rc ? client_fail_broker(c, &c->conn, rc) : 0;
 }
 
 static int celer_ping_io(celer_client *c) {
-  int rc = ready(c);
-  if (rc == 0 && (rc = broker_ping(&c->conn)) != 0) fail_broker(c, &c->conn, rc);
+  int rc = client_ready(c);
+  if (rc == 0 && (rc = broker_ping(&c->conn)) != 0) client_fail_broker(c, &c->conn, rc);
   return rc;
 }
 
 int celer_ping(celer_client *c) {
-  sigpipe_guard g;
-  sigpipe_block(&g);
-  int rc = celer_ping_io(c);
-  sigpipe_restore(&g);
-  return rc;
+  return CLIENT_GUARDED(celer_ping_io(c));
 }
 
 /* Builds an envelope from the producer's inputs and encodes it. On 0 the
@@ -182,29 +156,29 @@ static int build(celer_client *c, const char *task, const json_t *args,
     celer_enqueue_options_init(&defaults);
     opts = &defaults;
   }
-  if (task == NULL) return fail(c, CELER_EINVAL, "task: a task name is required");
-  if (args && !json_is_array(args)) return fail(c, CELER_EINVAL, "args: expected an array");
+  if (task == NULL) return client_fail(c, CELER_EINVAL, "task: a task name is required");
+  if (args && !json_is_array(args)) return client_fail(c, CELER_EINVAL, "args: expected an array");
   if (kwargs && !json_is_object(kwargs))
-    return fail(c, CELER_EINVAL, "kwargs: expected an object");
+    return client_fail(c, CELER_EINVAL, "kwargs: expected an object");
   if (opts->countdown_ms > 0 && opts->eta_ms > 0)
-    return fail(c, CELER_EINVAL, "countdown and eta exclude each other");
+    return client_fail(c, CELER_EINVAL, "countdown and eta exclude each other");
 
   celer_envelope env;
   celer_envelope_init(&env);
   int64_t now = celer_now_ms();
   if (opts->id) {
     if (strlen(opts->id) > CELER_ID_MAX || !celer_valid_id(opts->id))
-      return fail(c, CELER_EINVAL, "id: must be 1 to %d characters from [A-Za-z0-9_-]",
+      return client_fail(c, CELER_EINVAL, "id: must be 1 to %d characters from [A-Za-z0-9_-]",
                   CELER_ID_MAX);
     snprintf(env.id, sizeof env.id, "%s", opts->id);
   } else if (celer_uuid4(env.id) != 0) {
-    return fail(c, CELER_EIO, "cannot read the kernel's random source for a task id");
+    return client_fail(c, CELER_EIO, "cannot read the kernel's random source for a task id");
   }
   const char *queue = opts->queue ? opts->queue : CELER_DEFAULT_QUEUE;
   if (strlen(task) > CELER_TASK_NAME_MAX)
-    return fail(c, CELER_EINVAL, "task: longer than %d characters", CELER_TASK_NAME_MAX);
+    return client_fail(c, CELER_EINVAL, "task: longer than %d characters", CELER_TASK_NAME_MAX);
   if (strlen(queue) > CELER_QUEUE_NAME_MAX)
-    return fail(c, CELER_EINVAL, "queue: longer than %d characters", CELER_QUEUE_NAME_MAX);
+    return client_fail(c, CELER_EINVAL, "queue: longer than %d characters", CELER_QUEUE_NAME_MAX);
   snprintf(env.task, sizeof env.task, "%s", task);
   snprintf(env.queue, sizeof env.queue, "%s", queue);
   /* The envelope borrows the caller's values; they are detached again
@@ -224,7 +198,7 @@ static int build(celer_client *c, const char *task, const json_t *args,
   if (rc != 0) {
     char msg[sizeof err.field + sizeof err.message + 4];
     celer_envelope_error_format(&err, msg, sizeof msg);
-    fail(c, rc, "%s", msg);
+    client_fail(c, rc, "%s", msg);
   }
   if (args == NULL) json_decref(env.args);
   if (kwargs == NULL) json_decref(env.kwargs);
@@ -247,7 +221,7 @@ int celer_enqueue(celer_client *c, const char *task, const json_t *args,
 }
 
 static int celer_enqueue_batch_io(celer_client *c, celer_batch_item *items, size_t n) {
-  int rc = ready(c);
+  int rc = client_ready(c);
   if (rc != 0) {
     for (size_t i = 0; i < n; i++) items[i].status = rc;
     return rc;
@@ -259,7 +233,7 @@ static int celer_enqueue_batch_io(celer_client *c, celer_batch_item *items, size
     free(pushes);
     free(bodies);
     free(index);
-    return fail(c, CELER_ENOMEM, "out of memory preparing %zu tasks", n);
+    return client_fail(c, CELER_ENOMEM, "out of memory preparing %zu tasks", n);
   }
   int first = 0;
   size_t npush = 0;
@@ -285,7 +259,7 @@ static int celer_enqueue_batch_io(celer_client *c, celer_batch_item *items, size
     rc = broker_enqueue(&c->conn, pushes, npush);
     for (size_t k = 0; k < npush; k++) items[index[k]].status = pushes[k].status;
     if (rc != 0 && !first) {
-      first = fail_broker(c, &c->conn, rc);
+      first = client_fail_broker(c, &c->conn, rc);
       snprintf(first_err, sizeof first_err, "%s", c->errstr);
     }
   }
@@ -299,11 +273,7 @@ static int celer_enqueue_batch_io(celer_client *c, celer_batch_item *items, size
 }
 
 int celer_enqueue_batch(celer_client *c, celer_batch_item *items, size_t n) {
-  sigpipe_guard g;
-  sigpipe_block(&g);
-  int rc = celer_enqueue_batch_io(c, items, n);
-  sigpipe_restore(&g);
-  return rc;
+  return CLIENT_GUARDED(celer_enqueue_batch_io(c, items, n));
 }
 
 /* Parses a stored record; on 0 the caller owns *record. */
@@ -314,7 +284,7 @@ static int parse_record(celer_client *c, const char *id, const char *json, size_
   celer_state st;
   if (rec == NULL || celer_record_state(rec, &st) != 0) {
     json_decref(rec);
-    return fail(c, CELER_EPROTO, "the record of task %s is not a valid record", id);
+    return client_fail(c, CELER_EPROTO, "the record of task %s is not a valid record", id);
   }
   *record = rec;
   return 0;
@@ -324,47 +294,43 @@ static int get_in_queue(celer_client *c, const char *queue, const char *id, json
   char *json = NULL;
   size_t len = 0;
   int rc = broker_get_record(&c->conn, queue, id, &json, &len);
-  if (rc != 0) return fail_broker(c, &c->conn, rc);
+  if (rc != 0) return client_fail_broker(c, &c->conn, rc);
   rc = parse_record(c, id, json, len, record);
   free(json);
   return rc;
 }
 
-static int check_names(celer_client *c, const char *queue, const char *id) {
+int client_check_names(celer_client *c, const char *queue, const char *id) {
   if (id == NULL || strlen(id) > CELER_ID_MAX || !celer_valid_id(id))
-    return fail(c, CELER_EINVAL, "id: must be 1 to %d characters from [A-Za-z0-9_-]",
+    return client_fail(c, CELER_EINVAL, "id: must be 1 to %d characters from [A-Za-z0-9_-]",
                 CELER_ID_MAX);
   if (queue && (strlen(queue) > CELER_QUEUE_NAME_MAX || !celer_valid_queue_name(queue)))
-    return fail(c, CELER_EINVAL, "queue: must be 1 to %d characters from [A-Za-z0-9_.-]",
+    return client_fail(c, CELER_EINVAL, "queue: must be 1 to %d characters from [A-Za-z0-9_.-]",
                 CELER_QUEUE_NAME_MAX);
   return 0;
 }
 
 static int celer_get_record_io(celer_client *c, const char *queue, const char *id,
                                json_t **record) {
-  int rc = check_names(c, queue, id);
-  if (rc == 0) rc = ready(c);
+  int rc = client_check_names(c, queue, id);
+  if (rc == 0) rc = client_ready(c);
   if (rc != 0) return rc;
   if (queue) return get_in_queue(c, queue, id, record);
   char **names = NULL;
   size_t n = 0;
   rc = broker_list_queues(&c->conn, &names, &n);
-  if (rc != 0) return fail_broker(c, &c->conn, rc);
+  if (rc != 0) return client_fail_broker(c, &c->conn, rc);
   rc = CELER_ENOTFOUND;
   for (size_t i = 0; i < n && rc == CELER_ENOTFOUND; i++)
     rc = get_in_queue(c, names[i], id, record);
   broker_names_free(names, n);
   if (rc == CELER_ENOTFOUND)
-    fail(c, rc, "no record for task %s in any of %zu queues", id, n);
+    client_fail(c, rc, "no record for task %s in any of %zu queues", id, n);
   return rc;
 }
 
 int celer_get_record(celer_client *c, const char *queue, const char *id, json_t **record) {
-  sigpipe_guard g;
-  sigpipe_block(&g);
-  int rc = celer_get_record_io(c, queue, id, record);
-  sigpipe_restore(&g);
-  return rc;
+  return CLIENT_GUARDED(celer_get_record_io(c, queue, id, record));
 }
 
 /* Reads the record and reports whether it is final (1), not final or
@@ -387,8 +353,8 @@ static int read_final(celer_client *c, const char *queue, const char *id, json_t
 static int celer_wait_io(celer_client *c, const char *queue, const char *id,
                          int64_t timeout_ms, json_t **record) {
   if (queue == NULL) queue = CELER_DEFAULT_QUEUE;
-  int rc = check_names(c, queue, id);
-  if (rc == 0) rc = ready(c);
+  int rc = client_check_names(c, queue, id);
+  if (rc == 0) rc = client_ready(c);
   if (rc != 0) return rc;
   int64_t deadline = timeout_ms < 0 ? -1 : celer_mono_ms() + timeout_ms;
   /* A subscribed connection can do nothing else, so waiting uses its own,
@@ -398,7 +364,7 @@ static int celer_wait_io(celer_client *c, const char *queue, const char *id,
   rc = broker_connect(&sub);
   if (rc == 0) rc = broker_subscribe_done(&sub, queue, id);
   if (rc != 0) {
-    fail_broker(c, &sub, rc);
+    client_fail_broker(c, &sub, rc);
     broker_close(&sub);
     return rc;
   }
@@ -410,9 +376,9 @@ static int celer_wait_io(celer_client *c, const char *queue, const char *id,
     rc = broker_wait_message(&sub, deadline);
     if (rc != 0) {
       if (rc == CELER_ETIMEDOUT)
-        fail(c, rc, "task %s did not finish within %lld ms", id, (long long)timeout_ms);
+        client_fail(c, rc, "task %s did not finish within %lld ms", id, (long long)timeout_ms);
       else
-        fail_broker(c, &sub, rc);
+        client_fail_broker(c, &sub, rc);
       break;
     }
   }
@@ -423,11 +389,7 @@ static int celer_wait_io(celer_client *c, const char *queue, const char *id,
 
 int celer_wait(celer_client *c, const char *queue, const char *id, int64_t timeout_ms,
                json_t **record) {
-  sigpipe_guard g;
-  sigpipe_block(&g);
-  int rc = celer_wait_io(c, queue, id, timeout_ms, record);
-  sigpipe_restore(&g);
-  return rc;
+  return CLIENT_GUARDED(celer_wait_io(c, queue, id, timeout_ms, record));
 }
 
 int celer_record_state(const json_t *record, celer_state *out) {

@@ -55,6 +55,11 @@ int celer_log_enabled(celer_log_level level);
 /* Result records live this long after they become final (CELER_RESULT_TTL,
  * seconds): a day, as Celery's result_expires. */
 #define CELER_DEFAULT_RESULT_TTL_S (24 * 3600)
+/* Dead sets keep the newest 10,000 entries for 180 days at most, as
+ * Sidekiq's dead set does: enough to diagnose and replay an incident,
+ * bounded so a failure storm cannot fill Redis. */
+#define CELER_DEFAULT_DEAD_MAX 10000
+#define CELER_DEFAULT_DEAD_TTL_S (180 * 24 * 3600)
 #define CELER_DEFAULT_BROKER_URL "redis://127.0.0.1:6379/0"
 #define CELER_DEFAULT_NAMESPACE "celer"
 /* Namespaces are key prefixes: same alphabet as queue names, kept short. */
@@ -71,6 +76,8 @@ typedef struct celer_config {
   char *log_level;
   int64_t result_ttl_s;
   int64_t max_payload;
+  int64_t dead_max;     /* CELER_DEAD_MAX: entries kept in a dead set */
+  int64_t dead_ttl_s;   /* CELER_DEAD_TTL: seconds a dead entry is kept */
 } celer_config;
 
 /* Fills cfg from defaults, then the config file (path, or CELER_CONFIG when

@@ -18,6 +18,10 @@
 /* A result kept longer than ten years is a typo, not a retention policy. */
 #define CONFIG_RESULT_TTL_MIN_S 1
 #define CONFIG_RESULT_TTL_MAX_S (INT64_C(3650) * 24 * 3600)
+/* A dead set larger than ten million entries belongs in a database. */
+#define CONFIG_DEAD_MAX_MAX INT64_C(10000000)
+/* Below a second no operator could ever look at a dead task. */
+#define CONFIG_DEAD_TTL_MIN_S 1
 /* Below 1 KiB not even a bare envelope with a task name and an id fits. */
 #define CONFIG_MAX_PAYLOAD_MIN 1024
 /* Redis refuses bulk strings above 512 MiB (proto-max-bulk-len). */
@@ -131,6 +135,18 @@ static int set_max_payload(celer_config *cfg, const char *name, const char *valu
                     "bytes", name, value, err, errlen);
 }
 
+static int set_dead_max(celer_config *cfg, const char *name, const char *value, char *err,
+                        size_t errlen) {
+  return set_ranged(&cfg->dead_max, 0, CONFIG_DEAD_MAX_MAX, "entries", name, value, err,
+                    errlen);
+}
+
+static int set_dead_ttl(celer_config *cfg, const char *name, const char *value, char *err,
+                        size_t errlen) {
+  return set_ranged(&cfg->dead_ttl_s, CONFIG_DEAD_TTL_MIN_S, CONFIG_RESULT_TTL_MAX_S, "seconds",
+                    name, value, err, errlen);
+}
+
 static const setting settings[] = {
     {"CELER_BROKER_URL", set_broker_url},
     {"CELER_BROKER_PASSWORD_FILE", set_password_file},
@@ -139,6 +155,8 @@ static const setting settings[] = {
     {"CELER_LOG_LEVEL", set_log_level},
     {"CELER_RESULT_TTL", set_result_ttl},
     {"CELER_MAX_PAYLOAD", set_max_payload},
+    {"CELER_DEAD_MAX", set_dead_max},
+    {"CELER_DEAD_TTL", set_dead_ttl},
 };
 #define SETTING_COUNT (sizeof settings / sizeof settings[0])
 
@@ -189,6 +207,8 @@ static int set_defaults(celer_config *cfg) {
   memset(cfg, 0, sizeof *cfg);
   cfg->result_ttl_s = CELER_DEFAULT_RESULT_TTL_S;
   cfg->max_payload = CELER_DEFAULT_MAX_PAYLOAD;
+  cfg->dead_max = CELER_DEFAULT_DEAD_MAX;
+  cfg->dead_ttl_s = CELER_DEFAULT_DEAD_TTL_S;
   if (celer_config_replace(&cfg->broker_url, CELER_DEFAULT_BROKER_URL) ||
       celer_config_replace(&cfg->ns, CELER_DEFAULT_NAMESPACE) ||
       celer_config_replace(&cfg->log_format, "text") ||

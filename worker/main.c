@@ -2,6 +2,7 @@
  * Exit codes: 0 after a requested stop, 2 usage or configuration error,
  * 3 broker authentication refused. An unreachable broker is waited for. */
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
@@ -18,6 +19,17 @@
 #define WORKER_QUEUES_MAX 64
 /* Modules named on one command line. */
 #define WORKER_MODULES_MAX 32
+/* Default lease: long enough for a busy broker round trip many times
+ * over, short enough that a lost task is back within half a minute. */
+#define WORKER_DEFAULT_LEASE_S 30
+/* A lease shorter than a second would expire under ordinary GC pauses and
+ * network hiccups; longer than a day hides lost tasks. */
+#define WORKER_LEASE_MIN_MS 1000
+#define WORKER_LEASE_MAX_MS (24 * 3600 * 1000)
+/* Times a task's lease may expire (its worker crashed or hung) before the
+ * task FAILS: a task that kills every worker that runs it must stop. */
+#define WORKER_DEFAULT_MAX_REDELIVERIES 5
+#define WORKER_MAX_REDELIVERIES_LIMIT 1000
 
 static volatile sig_atomic_t stop_requested;
 
@@ -34,6 +46,9 @@ static const char usage_text[] =
     "                        (default: default)\n"
     "  --module NAME|PATH    load a task module (repeatable): testing, or a .so\n"
     "  --prefetch N          tasks taken per fetch, 1..1000 (default 1)\n"
+    "  --lease SEC           a taken task not renewed for this long goes back to\n"
+    "                        the queue (default 30; renewed while it runs)\n"
+    "  --max-redeliveries N  expired leases before a task FAILS (default 5)\n"
     "  --name NAME           worker name in records (default host:pid)\n"
     "  --config FILE         configuration file (CELER_CONFIG)\n"
     "  --log-level LEVEL     debug, info, warn or error (CELER_LOG_LEVEL)\n"
@@ -47,6 +62,8 @@ typedef struct worker_options {
   const char *modules[WORKER_MODULES_MAX];
   size_t nmodules;
   int prefetch;
+  int64_t lease_ms;
+  int64_t max_redeliveries;
 } worker_options;
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -67,9 +84,13 @@ static int parse_args(int argc, char **argv, worker_options *o) {
       {"prefetch", required_argument, NULL, 'p'}, {"name", required_argument, NULL, 'N'},
       {"config", required_argument, NULL, 'c'},   {"log-level", required_argument, NULL, 'l'},
       {"log-format", required_argument, NULL, 'f'}, {"help", no_argument, NULL, 'h'},
+      {"lease", required_argument, NULL, 'L'},
+      {"max-redeliveries", required_argument, NULL, 'R'},
       {NULL, 0, NULL, 0}};
   memset(o, 0, sizeof *o);
   o->prefetch = 1;
+  o->lease_ms = WORKER_DEFAULT_LEASE_S * 1000;
+  o->max_redeliveries = WORKER_DEFAULT_MAX_REDELIVERIES;
   opterr = 0;
   int c;
   while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
@@ -90,6 +111,21 @@ static int parse_args(int argc, char **argv, worker_options *o) {
         if (celer_parse_i64(optarg, &v) != 0 || v < 1 || v > RUNNER_PREFETCH_MAX)
           return usage_error("--prefetch takes a whole number from 1 to 1000, not '%s'", optarg);
         o->prefetch = (int)v;
+        break;
+      case 'L': {
+        char *end = NULL;
+        double s = strtod(optarg, &end);
+        if (end == optarg || *end != '\0' || !(s * 1000 >= WORKER_LEASE_MIN_MS) ||
+            s * 1000 > WORKER_LEASE_MAX_MS)
+          return usage_error("--lease takes seconds from 1 to 86400, not '%s'", optarg);
+        o->lease_ms = (int64_t)(s * 1000);
+        break;
+      }
+      case 'R':
+        if (celer_parse_i64(optarg, &v) != 0 || v > WORKER_MAX_REDELIVERIES_LIMIT)
+          return usage_error("--max-redeliveries takes a whole number from 0 to %d, not '%s'",
+                             WORKER_MAX_REDELIVERIES_LIMIT, optarg);
+        o->max_redeliveries = v;
         break;
       case 'h': fputs(usage_text, stdout); return -1;
       case ':': return usage_error("option %s needs a value", argv[optind - 1]);
@@ -115,6 +151,30 @@ static int split_queues(char *buf, const char **out) {
   }
   if (n == 0) return usage_error("--queues names no queue"), -1;
   return n;
+}
+
+/* A broker that may evict keys under memory pressure can drop queued
+ * tasks without a trace: refuse it. Returns false after logging why. */
+static bool broker_is_safe(broker_conn *conn) {
+  char policy[64];
+  int64_t maxmemory = 0;
+  int rc = broker_eviction(conn, policy, sizeof policy, &maxmemory);
+  if (rc == CELER_EAUTH || rc == CELER_EPROTO) {
+    celer_warn("cannot read the broker's maxmemory-policy (%s); make sure it is noeviction",
+               conn->errstr);
+    return true;
+  }
+  if (rc != 0) return true; /* the connection broke: the loop reconnects */
+  if (strncmp(policy, "allkeys-", 8) == 0) {
+    celer_error("the broker's maxmemory-policy is %s: under memory pressure Redis would evict "
+                "queued tasks. Set maxmemory-policy noeviction (or a volatile-* policy)",
+                policy);
+    return false;
+  }
+  if (strncmp(policy, "volatile-", 9) == 0 && maxmemory > 0)
+    celer_warn("the broker's maxmemory-policy is %s: result records (which have a TTL) may be "
+               "evicted under memory pressure; noeviction keeps them", policy);
+  return true;
 }
 
 static void install_signals(void) {
@@ -205,17 +265,33 @@ int main(int argc, char **argv) {
   broker_conn conn;
   broker_init(&conn, &url, cfg.ns, 0);
   conn.max_payload = cfg.max_payload;
-  memset(&url, 0, sizeof url); /* the password now lives in conn only */
+  conn.dead_max = cfg.dead_max;
+  conn.dead_ttl_ms = cfg.dead_ttl_s * 1000;
   runner_config rcfg = {.queues = queues,
                         .nqueues = (size_t)nqueues,
                         .name = name,
                         .prefetch = o.prefetch,
                         .result_ttl_ms = cfg.result_ttl_s * 1000,
                         .max_payload = (size_t)cfg.max_payload};
+  upkeep_config ucfg = {.queues = queues,
+                        .nqueues = (size_t)nqueues,
+                        .name = name,
+                        .lease_ms = o.lease_ms,
+                        .max_redeliveries = o.max_redeliveries,
+                        .result_ttl_ms = rcfg.result_ttl_ms};
+  inflight held;
+  upkeep keeper;
   runner r;
   int exit_code = 0;
-  if (runner_init(&r, &conn, &reg, &rcfg, &stop_requested) != 0) {
-    celer_error("out of memory");
+  memset(&r, 0, sizeof r);
+  memset(&held, 0, sizeof held);
+  rc = upkeep_init(&keeper, &url, cfg.ns, &ucfg, &held);
+  memset(&url, 0, sizeof url); /* the password now lives in the connections only */
+  keeper.conn.dead_max = conn.dead_max;
+  keeper.conn.dead_ttl_ms = conn.dead_ttl_ms;
+  if (rc != 0 || inflight_init(&held, (size_t)o.prefetch) != 0 ||
+      runner_init(&r, &conn, &reg, &rcfg, &stop_requested, &held, &keeper) != 0) {
+    celer_error("out of resources at start-up");
     exit_code = 1;
     goto out;
   }
@@ -225,22 +301,37 @@ int main(int argc, char **argv) {
   if (rc == CELER_EAUTH) {
     celer_error("%s", conn.errstr);
     exit_code = 3;
-    goto out_runner;
+    goto out;
   }
-  if (rc != 0) celer_warn("%s; waiting for it", conn.errstr);
-  else if ((rc = runner_prepare(&r)) != 0) celer_warn("preparing queues: %s", conn.errstr);
+  if (rc != 0) {
+    celer_warn("%s; waiting for it", conn.errstr);
+  } else if (!broker_is_safe(&conn)) {
+    exit_code = 3;
+    goto out;
+  } else if ((rc = runner_prepare(&r)) != 0) {
+    celer_warn("preparing queues: %s", conn.errstr);
+  }
+  if (upkeep_start(&keeper) != 0) {
+    celer_error("cannot start the upkeep thread");
+    exit_code = 1;
+    goto out;
+  }
   celer_info("worker %s ready: broker %s, namespace %s, %d queue(s) starting with %s, "
-             "%zu task(s), prefetch %d", name, desc, cfg.ns, nqueues, queues[0], reg.n,
-             rcfg.prefetch);
+             "%zu task(s), prefetch %d, lease %lld ms", name, desc, cfg.ns, nqueues, queues[0],
+             reg.n, rcfg.prefetch, (long long)o.lease_ms);
   runner_loop(&r);
+  upkeep_stop(&keeper);
   celer_info("worker %s stopping on signal %d: %llu succeeded, %llu failed, %llu retried, "
-             "%llu rejected, %llu expired", name, (int)stop_requested,
-             (unsigned long long)r.stats.succeeded, (unsigned long long)r.stats.failed,
-             (unsigned long long)r.stats.retried, (unsigned long long)r.stats.rejected,
-             (unsigned long long)r.stats.expired);
-out_runner:
-  runner_free(&r);
+             "%llu rejected, %llu expired, %llu canceled, %llu stale", name,
+             (int)stop_requested, (unsigned long long)r.stats.succeeded,
+             (unsigned long long)r.stats.failed, (unsigned long long)r.stats.retried,
+             (unsigned long long)r.stats.rejected, (unsigned long long)r.stats.expired,
+             (unsigned long long)r.stats.canceled, (unsigned long long)r.stats.stale);
 out:
+  upkeep_stop(&keeper);
+  upkeep_free(&keeper);
+  runner_free(&r);
+  inflight_free(&held);
   broker_close(&conn);
   memset(&conn.url, 0, sizeof conn.url);
   registry_free(&reg);

@@ -52,8 +52,11 @@ int celer_register(celer_registry *reg, const celer_task_def *def) {
                 "[A-Za-z0-9_.:-]", mod, CELER_TASK_NAME_MAX, def->name, CELER_TASK_NAME_MAX);
     return -1;
   }
-  if (def->max_retries < -1 || def->timeout_ms < 0) {
-    celer_error("module %s: task %s has a negative max_retries or timeout", mod, def->name);
+  if (def->max_retries < -1 || def->timeout_ms < 0 || def->backoff_base_ms < 0 ||
+      def->backoff_cap_ms < 0 || !(def->backoff_factor >= 0) ||
+      def->backoff_factor > WORKER_BACKOFF_FACTOR_MAX) {
+    celer_error("module %s: task %s has a negative max_retries, timeout or backoff, or a "
+                "backoff factor over %.0f", mod, def->name, WORKER_BACKOFF_FACTOR_MAX);
     return -1;
   }
   const worker_task *dup = registry_find(reg, def->name);
@@ -84,6 +87,10 @@ int celer_register(celer_registry *reg, const celer_task_def *def) {
                    : def->max_retries == -1 ? 0
                                             : def->max_retries;
   t->timeout_ms = def->timeout_ms;
+  t->backoff.base_ms = def->backoff_base_ms ? def->backoff_base_ms : WORKER_BACKOFF_BASE_MS;
+  t->backoff.factor = def->backoff_factor ? def->backoff_factor : WORKER_BACKOFF_FACTOR;
+  t->backoff.cap_ms = def->backoff_cap_ms ? def->backoff_cap_ms : WORKER_BACKOFF_CAP_MS;
+  t->backoff.jitter = !def->no_jitter;
   t->module = mod;
   return 0;
 }

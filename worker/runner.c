@@ -1,16 +1,20 @@
-/* The fetch-run-complete loop. One runner owns one broker connection and
+/* The fetch-run-record loop. One runner owns one broker connection and
  * runs tasks one at a time; it is the unit a worker child process runs.
+ * Its upkeep (upkeep.c) renews the leases of what it holds and promotes
+ * scheduled tasks into the streams it reads.
  *
  * The life of one entry:
- *   unusable entry or envelope  -> REJECTED (acked, recorded, loop goes on)
+ *   unusable entry or envelope  -> REJECTED (acked, recorded, dead-lettered)
+ *   canceled                    -> dropped (its record already says CANCELED)
  *   eta ahead (not promoted)    -> parked in the scheduled set
  *   past expires                -> EXPIRED
  *   unknown task name           -> REJECTED
  *   handler returns 0           -> SUCCEEDED with the result
- *   handler asks to retry       -> RETRYING and rescheduled, while retries
- *                                  remain; then FAILED
- *   handler fails               -> FAILED
- * Every outcome is one script (complete.lua or reschedule.lua). */
+ *   handler asks to retry       -> RETRYING and rescheduled with backoff,
+ *                                  while retries remain; then FAILED
+ *   handler fails               -> FAILED (dead-lettered)
+ * Every outcome is one script, and every script checks that this worker
+ * still holds the entry's lease: a worker that lost it records nothing. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,23 +25,34 @@
 
 /* Longest pause between reconnect attempts while the broker is down. */
 #define RUNNER_RECONNECT_MAX_MS 5000
+/* Largest rejected payload the worker still parses to find its id: the
+ * JSON parser needs several times the text's size in memory, and Redis
+ * accepts values up to 512 MiB. */
+#define RUNNER_SALVAGE_MAX (16 * 1024 * 1024)
 
 int runner_init(runner *r, broker_conn *conn, const celer_registry *reg,
-                const runner_config *cfg, volatile sig_atomic_t *stop) {
+                const runner_config *cfg, volatile sig_atomic_t *stop, inflight *held,
+                upkeep *keeper) {
   memset(r, 0, sizeof *r);
   r->conn = conn;
   r->reg = reg;
   r->cfg = *cfg;
   r->stop = stop;
+  r->held = held;
+  r->keeper = keeper;
   if (r->cfg.prefetch < 1) r->cfg.prefetch = 1;
   if (r->cfg.prefetch > RUNNER_PREFETCH_MAX) r->cfg.prefetch = RUNNER_PREFETCH_MAX;
-  r->next_promote_mono = calloc(cfg->nqueues ? cfg->nqueues : 1, sizeof *r->next_promote_mono);
-  return r->next_promote_mono ? 0 : CELER_ENOMEM;
+  size_t n = cfg->nqueues ? cfg->nqueues : 1;
+  r->paused = calloc(n, sizeof *r->paused);
+  r->active = calloc(n, sizeof *r->active);
+  return r->paused && r->active ? 0 : CELER_ENOMEM;
 }
 
 void runner_free(runner *r) {
-  free(r->next_promote_mono);
-  r->next_promote_mono = NULL;
+  free(r->paused);
+  free(r->active);
+  r->paused = NULL;
+  r->active = NULL;
 }
 
 int runner_prepare(runner *r) {
@@ -48,28 +63,6 @@ int runner_prepare(runner *r) {
   return 0;
 }
 
-/* What one entry's run produced, before it is recorded. */
-typedef struct run_result {
-  celer_state state;
-  json_t *result;                        /* owned; SUCCEEDED only */
-  char error_type[WORKER_ERROR_TYPE_MAX];
-  char error_message[WORKER_ERROR_MESSAGE_MAX];
-  int64_t started_at, finished_at;
-  int64_t retry_delay_ms;                /* RETRYING: < 0 = backoff */
-} run_result;
-
-static void set_outcome(run_result *res, celer_state st, const char *type, const char *fmt,
-                        ...) __attribute__((format(printf, 4, 5)));
-static void set_outcome(run_result *res, celer_state st, const char *type, const char *fmt,
-                        ...) {
-  va_list ap;
-  res->state = st;
-  snprintf(res->error_type, sizeof res->error_type, "%s", type);
-  va_start(ap, fmt);
-  vsnprintf(res->error_message, sizeof res->error_message, fmt, ap);
-  va_end(ap);
-}
-
 /* A random number in [0, n] from the kernel; n when it cannot be read. */
 static int64_t jitter(int64_t n) {
   uint64_t v;
@@ -78,18 +71,13 @@ static int64_t jitter(int64_t n) {
   return (int64_t)(v % ((uint64_t)n + 1));
 }
 
-/* Full-jitter exponential backoff for the retry that follows `attempt`. */
-static int64_t backoff_ms(int64_t attempt) {
-  int64_t ceiling = RUNNER_BACKOFF_BASE_MS;
-  for (int64_t i = 0; i < attempt && ceiling < RUNNER_BACKOFF_CAP_MS; i++) ceiling *= 2;
-  if (ceiling > RUNNER_BACKOFF_CAP_MS) ceiling = RUNNER_BACKOFF_CAP_MS;
-  return jitter(ceiling);
+/* The delay before the retry that follows run number `attempt`. */
+static int64_t backoff_ms(const worker_backoff *b, int64_t attempt) {
+  double ceiling = (double)b->base_ms;
+  for (int64_t i = 0; i < attempt && ceiling < (double)b->cap_ms; i++) ceiling *= b->factor;
+  int64_t c = ceiling > (double)b->cap_ms ? b->cap_ms : (int64_t)ceiling;
+  return b->jitter ? jitter(c) : c;
 }
-
-/* Largest rejected payload the worker still parses to find its id: the
- * JSON parser needs several times the text's size in memory, and Redis
- * accepts values up to 512 MiB. */
-#define RUNNER_SALVAGE_MAX (16 * 1024 * 1024)
 
 /* Takes the id out of a payload that failed validation, when it has a
  * valid one, so that the producer waiting on that id sees the rejection.
@@ -104,16 +92,9 @@ static int salvage_id(const char *payload, size_t len, char out[CELER_ID_MAX + 1
   return ok;
 }
 
-/* Makes the promoter look at queue qi no later than delay_ms from now: a
- * task this runner just scheduled must not wait for the block bound. */
-static void wake_promote_in(runner *r, size_t qi, int64_t delay_ms) {
-  int64_t at = celer_mono_ms() + (delay_ms > 0 ? delay_ms : 0);
-  if (at < r->next_promote_mono[qi]) r->next_promote_mono[qi] = at;
-}
-
 /* Runs the handler of a decoded envelope and classifies what it did. */
-static void run_handler(runner *r, const worker_task *t, const celer_envelope *env,
-                        const char *queue, run_result *res) {
+static void run_handler(const worker_task *t, const celer_envelope *env, const char *queue,
+                        run_result *res) {
   celer_task_ctx ctx;
   memset(&ctx, 0, sizeof ctx);
   ctx.env = env;
@@ -132,7 +113,7 @@ static void run_handler(runner *r, const worker_task *t, const celer_envelope *e
   }
   json_decref(result);
   if (ctx.verdict == VERDICT_NONE) {
-    set_outcome(res, CELER_FAILED, "TaskError",
+    outcome_set(res, CELER_FAILED, "TaskError",
                 "the handler of %s returned %d without saying why", env->task, rc);
     return;
   }
@@ -145,214 +126,311 @@ static void run_handler(runner *r, const worker_task *t, const celer_envelope *e
               ctx.error_message, (long long)env->attempt);
   else
     snprintf(res->error_message, sizeof res->error_message, "%s", ctx.error_message);
-  res->retry_delay_ms = ctx.retry_delay_ms;
+  if (res->state == CELER_RETRYING)
+    res->retry_delay_ms =
+        ctx.retry_delay_ms >= 0 ? ctx.retry_delay_ms : backoff_ms(&t->backoff, env->attempt);
 }
 
-/* The envelope of the next attempt: the producer's own JSON with attempt
- * raised (fields this version does not know survive the retry) and
- * enqueued_at filled in when the producer left it out. Caller frees. */
+/* The envelope of the next attempt: the producer's own JSON (fields this
+ * version does not know survive the retry) with attempt raised, the error
+ * of this run appended to its "errors" history, and enqueued_at filled in
+ * when the producer left it out. Caller frees. */
 static char *next_attempt(const broker_entry *e, int64_t attempt, int64_t enqueued_at,
-                          size_t *len) {
+                          const run_result *res, size_t *len) {
   json_t *doc = json_loadb(e->payload, e->payload_len, 0, NULL);
+  json_t *errors = json_object_get(doc, "errors");
+  if (!json_is_array(errors)) {
+    errors = json_array();
+    if (json_object_set_new(doc, "errors", errors) != 0) errors = NULL;
+  }
+  while (errors && json_array_size(errors) >= RUNNER_ERROR_HISTORY) json_array_remove(errors, 0);
+  json_t *err = json_pack("{sIsssssI}", "attempt", (json_int_t)(attempt - 1), "type",
+                          res->error_type, "message", res->error_message, "at",
+                          (json_int_t)res->finished_at);
   char *body = NULL;
-  if (doc && json_object_set_new(doc, "attempt", json_integer(attempt)) == 0 &&
+  if (doc && errors && err && json_array_append_new(errors, err) == 0 &&
+      json_object_set_new(doc, "attempt", json_integer(attempt)) == 0 &&
       (json_object_get(doc, "enqueued_at") != NULL ||
-       json_object_set_new(doc, "enqueued_at", json_integer(enqueued_at)) == 0))
+       json_object_set_new(doc, "enqueued_at", json_integer(enqueued_at)) == 0)) {
+    err = NULL;
     body = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  }
+  json_decref(err);
   json_decref(doc);
   if (body) *len = strlen(body);
   return body;
 }
 
-/* Records a final outcome or schedules the retry. */
-static int record(runner *r, const broker_entry *e, const char *queue, const char *id,
-                  const celer_envelope *env, run_result *res) {
-  broker_outcome o = {
-      .id = id,
-      .task = env && env->task[0] ? env->task : NULL,
-      .queue = queue,
-      .entry_id = e->entry_id,
-      .state = res->state,
-      .attempt = env ? env->attempt : e->attempt,
-      .result = res->result,
-      .error_type = res->error_type,
-      .error_message = res->error_message,
-      .enqueued_at = env && env->enqueued_at ? env->enqueued_at : 0,
-      .started_at = res->started_at,
-      .finished_at = res->finished_at ? res->finished_at : celer_now_ms(),
-      .worker = r->cfg.name,
-  };
-  if (o.enqueued_at == 0) {
-    /* A producer that left enqueued_at out: the entry id's first part is
-     * the broker's time of the XADD. */
-    char *dash = strchr(e->entry_id, '-');
-    int64_t ms;
-    char part[24];
-    if (dash && (size_t)(dash - e->entry_id) < sizeof part) {
-      snprintf(part, sizeof part, "%.*s", (int)(dash - e->entry_id), e->entry_id);
-      if (celer_parse_i64(part, &ms) == 0) o.enqueued_at = ms;
-    }
-  }
-  char *json = NULL;
-  size_t len = 0;
-  int rc = broker_record_encode(&o, &json, &len);
-  if (rc != 0) return rc;
-  if (res->state == CELER_RETRYING) {
-    size_t blen = 0;
-    char *body = next_attempt(e, env->attempt + 1, o.enqueued_at, &blen);
+/* Schedules the retry of a RETRYING run. */
+static int schedule_retry(runner *r, const broker_entry *e, const char *queue, const char *id,
+                          const celer_envelope *env, run_result *res) {
+  res->next_run_at = celer_now_ms() + res->retry_delay_ms;
+  outcome_sink sink = {r->conn, r->cfg.name, r->cfg.result_ttl_ms};
+  char *json = NULL, *body = NULL;
+  size_t len = 0, blen = 0;
+  int rc = outcome_encode(&sink, e, queue, id, env, res, &json, &len);
+  if (rc == 0) {
+    int64_t enqueued = env->enqueued_at ? env->enqueued_at : outcome_entry_time(e->entry_id);
+    body = next_attempt(e, env->attempt + 1, enqueued, res, &blen);
     rc = body ? 0 : CELER_ENOMEM;
-    if (rc == 0) {
-      int64_t delay = res->retry_delay_ms >= 0 ? res->retry_delay_ms : backoff_ms(env->attempt);
-      int outcome = 0;
-      rc = broker_reschedule(r->conn, queue, e->entry_id, id, body, blen,
-                             celer_now_ms() + delay, false, json, len,
-                             r->cfg.result_ttl_ms + delay, &outcome);
-      if (rc == 0 && outcome == -1) r->stats.duplicates++;
-      else if (rc == 0) r->stats.retried++;
-      if (rc == 0 && outcome == 1) wake_promote_in(r, e->queue_index, delay);
-      celer_log(CELER_LOG_INFO, id, "%s failed (%s: %s); retry %lld in %lld ms", env->task,
-                res->error_type, res->error_message, (long long)env->attempt + 1,
-                (long long)delay);
-      free(body);
-    }
-    free(json);
-    return rc;
   }
-  int recorded = 0;
-  rc = broker_complete(r->conn, queue, e->entry_id, id, res->state, json, len,
-                       r->cfg.result_ttl_ms, &recorded);
+  int outcome = 0;
+  if (rc == 0) {
+    broker_reschedule_req q = {.queue = queue,
+                               .entry_id = e->entry_id,
+                               .consumer = r->cfg.name,
+                               .task_id = id,
+                               .envelope = body,
+                               .envelope_len = blen,
+                               .due_ms = res->next_run_at,
+                               .record = json,
+                               .record_len = len,
+                               .ttl_ms = r->cfg.result_ttl_ms + res->retry_delay_ms};
+    rc = broker_reschedule(r->conn, &q, &outcome);
+  }
   free(json);
+  free(body);
   if (rc != 0) return rc;
-  if (!recorded) {
+  if (outcome == BROKER_RECORDED) {
+    r->stats.retried++;
+    if (r->keeper) upkeep_wake(r->keeper);
+    celer_log(CELER_LOG_INFO, id, "%s failed (%s: %s); retry %lld in %lld ms", env->task,
+              res->error_type, res->error_message, (long long)env->attempt + 1,
+              (long long)res->retry_delay_ms);
+  } else if (outcome == BROKER_STALE) {
+    r->stats.stale++;
+    celer_log(CELER_LOG_WARN, id, "lease lost while running: the retry was not recorded");
+  } else {
     r->stats.duplicates++;
-    celer_log(CELER_LOG_WARN, id, "task already had a final record; this run was a duplicate");
+  }
+  return 0;
+}
+
+/* Records a final outcome and counts it. */
+static int finish(runner *r, const broker_entry *e, const char *queue, const char *id,
+                  const celer_envelope *env, const run_result *res) {
+  outcome_sink sink = {r->conn, r->cfg.name, r->cfg.result_ttl_ms};
+  int outcome = 0;
+  int rc = outcome_complete(&sink, e, queue, id, env, res, &outcome);
+  if (rc != 0) return rc;
+  if (outcome == BROKER_STALE) {
+    r->stats.stale++;
+    celer_log(CELER_LOG_WARN, id, "lease lost while running: this %s was not recorded",
+              celer_state_name(res->state));
+    return 0;
+  }
+  if (outcome == BROKER_DUPLICATE) {
+    if (res->state == CELER_CANCELED) {
+      r->stats.canceled++;
+      celer_log(CELER_LOG_INFO, id, "canceled: dropped without running");
+    } else {
+      r->stats.duplicates++;
+      celer_log(CELER_LOG_WARN, id, "task already had a final record; this run was a duplicate");
+    }
     return 0;
   }
   switch (res->state) {
     case CELER_SUCCEEDED: r->stats.succeeded++; break;
     case CELER_REJECTED: r->stats.rejected++; break;
     case CELER_EXPIRED: r->stats.expired++; break;
+    case CELER_CANCELED: r->stats.canceled++; break;
     default: r->stats.failed++; break;
   }
+  const char *task = env && env->task[0] ? env->task : "task";
   if (res->state == CELER_SUCCEEDED)
-    celer_log(CELER_LOG_DEBUG, id, "%s succeeded in %lld ms", env->task,
+    celer_log(CELER_LOG_DEBUG, id, "%s succeeded in %lld ms", task,
               (long long)(res->finished_at - res->started_at));
   else
     celer_log(res->state == CELER_REJECTED ? CELER_LOG_WARN : CELER_LOG_INFO, id, "%s %s: %s: %s",
-              o.task ? o.task : "task", celer_state_name(res->state), res->error_type,
-              res->error_message);
+              task, celer_state_name(res->state), res->error_type, res->error_message);
+  return 0;
+}
+
+/* Decodes e into env and settles what can be settled before running:
+ * rejection, cancellation, parking, expiry, unknown task. On return
+ * res->state is CELER_PENDING when the handler should run (*task set), or
+ * the outcome; *parked is set when the entry went to the scheduled set. */
+static int triage(runner *r, const broker_entry *e, bool canceled, celer_envelope *env,
+                  char id[CELER_ID_MAX + 1], run_result *res, const worker_task **task,
+                  bool *parked) {
+  const char *queue = r->cfg.queues[e->queue_index];
+  *parked = false;
+  /* Until the envelope names a valid id, the record is filed under the
+   * stream entry id, which has the same alphabet. */
+  snprintf(id, CELER_ID_MAX + 1, "%s", e->entry_id);
+  if (e->problem) {
+    outcome_set(res, CELER_REJECTED, "MalformedEntry", "%s", e->problem);
+    return 0;
+  }
+  celer_envelope_error err;
+  int rc = celer_envelope_decode(e->payload, e->payload_len, r->cfg.max_payload, queue, env,
+                                 &err);
+  if (rc != 0) {
+    char msg[sizeof err.field + sizeof err.message + 4];
+    celer_envelope_error_format(&err, msg, sizeof msg);
+    salvage_id(e->payload, e->payload_len, id);
+    outcome_set(res, CELER_REJECTED, rc == CELER_ETOOBIG ? "PayloadTooLarge" : "MalformedEnvelope",
+                "%s", msg);
+    return 0;
+  }
+  strcpy(id, env->id);
+  /* An operator's retry from the dead set resets the count in the entry. */
+  if (e->has_attempt) env->attempt = e->attempt;
+  if (canceled) {
+    outcome_set(res, CELER_CANCELED, "Canceled", "canceled before it ran");
+    return 0;
+  }
+  if (strcmp(env->queue, queue) != 0) {
+    outcome_set(res, CELER_REJECTED, "MalformedEnvelope",
+                "queue: the envelope names queue '%s' but was read from queue '%s'", env->queue,
+                queue);
+    return 0;
+  }
+  if (env->eta > 0 && !e->promoted) {
+    /* Written straight into the stream with an eta: the broker's clock
+     * decides whether it waits in the scheduled set. */
+    broker_reschedule_req q = {.queue = queue,
+                               .entry_id = e->entry_id,
+                               .consumer = r->cfg.name,
+                               .task_id = id,
+                               .envelope = e->payload,
+                               .envelope_len = e->payload_len,
+                               .due_ms = env->eta,
+                               .park = true};
+    int outcome = 0;
+    if ((rc = broker_reschedule(r->conn, &q, &outcome)) != 0) return rc;
+    if (outcome != BROKER_NOT_PARKED) {
+      *parked = true;
+      if (outcome == BROKER_RECORDED) {
+        celer_log(CELER_LOG_DEBUG, id, "parked until its eta %lld", (long long)env->eta);
+        if (r->keeper) upkeep_wake(r->keeper);
+      }
+      return 0;
+    }
+  }
+  if (env->expires > 0 && env->expires < celer_now_ms()) {
+    outcome_set(res, CELER_EXPIRED, "Expired", "reached a worker %lld ms after it expired",
+                (long long)(celer_now_ms() - env->expires));
+    return 0;
+  }
+  if ((*task = registry_find(r->reg, env->task)) == NULL) {
+    outcome_set(res, CELER_REJECTED, "UnknownTask",
+                "unknown task '%s': no module loaded by worker %s registers it", env->task,
+                r->cfg.name);
+  }
   return 0;
 }
 
 /* Handles one fetched entry from decode to record. Returns 0 or a broker
  * error (the entry then stays pending and is recovered later). */
-static int handle_entry(runner *r, const broker_entry *e) {
+static int handle_entry(runner *r, const broker_entry *e, bool canceled) {
   const char *queue = r->cfg.queues[e->queue_index];
   run_result res;
   memset(&res, 0, sizeof res);
   celer_envelope env;
   celer_envelope_init(&env);
   char id[CELER_ID_MAX + 1];
-  /* Until the envelope names a valid id, the record is filed under the
-   * stream entry id, which has the same alphabet. */
-  snprintf(id, sizeof id, "%s", e->entry_id);
-  int rc = 0;
-  if (e->problem) {
-    set_outcome(&res, CELER_REJECTED, "MalformedEntry", "%s", e->problem);
-  } else {
-    celer_envelope_error err;
-    rc = celer_envelope_decode(e->payload, e->payload_len, r->cfg.max_payload, queue, &env,
-                               &err);
-    if (rc != 0) {
-      char msg[sizeof err.field + sizeof err.message + 4];
-      celer_envelope_error_format(&err, msg, sizeof msg);
-      salvage_id(e->payload, e->payload_len, id);
-      set_outcome(&res, CELER_REJECTED,
-                  rc == CELER_ETOOBIG ? "PayloadTooLarge" : "MalformedEnvelope", "%s", msg);
-      rc = 0;
-    } else {
-      strcpy(id, env.id);
-      if (e->attempt > env.attempt) env.attempt = e->attempt;
-    }
+  const worker_task *task = NULL;
+  bool parked = false;
+  int rc = triage(r, e, canceled, &env, id, &res, &task, &parked);
+  if (rc == 0 && !parked) {
+    if (res.state == CELER_PENDING) run_handler(task, &env, queue, &res);
+    bool decoded = env.id[0] != '\0';
+    if (res.state == CELER_RETRYING)
+      rc = schedule_retry(r, e, queue, id, &env, &res);
+    else
+      rc = finish(r, e, queue, id, decoded ? &env : NULL, &res);
   }
-  if (res.state == CELER_PENDING && strcmp(env.queue, queue) != 0) {
-    set_outcome(&res, CELER_REJECTED, "MalformedEnvelope",
-                "queue: the envelope names queue '%s' but was read from queue '%s'", env.queue,
-                queue);
-  }
-  if (res.state == CELER_PENDING && env.eta > 0 && !e->promoted) {
-    /* Written straight into the stream with an eta: the broker's clock
-     * decides whether it waits in the scheduled set. */
-    int outcome = 0;
-    rc = broker_reschedule(r->conn, queue, e->entry_id, id, e->payload, e->payload_len,
-                           env.eta, true, NULL, 0, 0, &outcome);
-    if (rc != 0 || outcome != 0) {
-      if (rc == 0 && outcome == 1) {
-        celer_log(CELER_LOG_DEBUG, id, "parked until its eta %lld", (long long)env.eta);
-        wake_promote_in(r, e->queue_index, env.eta - celer_now_ms());
-      }
-      celer_envelope_clear(&env);
-      return rc;
-    }
-  }
-  if (res.state == CELER_PENDING && env.expires > 0 && env.expires < celer_now_ms()) {
-    set_outcome(&res, CELER_EXPIRED, "Expired", "reached a worker %lld ms after it expired",
-                (long long)(celer_now_ms() - env.expires));
-  }
-  const worker_task *t = NULL;
-  if (res.state == CELER_PENDING && (t = registry_find(r->reg, env.task)) == NULL) {
-    set_outcome(&res, CELER_REJECTED, "UnknownTask",
-                "unknown task '%s': no module loaded by worker %s registers it", env.task,
-                r->cfg.name);
-  }
-  if (res.state == CELER_PENDING) run_handler(r, t, &env, queue, &res);
-  rc = record(r, e, queue, id, res.state == CELER_REJECTED && !env.task[0] ? NULL : &env, &res);
   json_decref(res.result);
   celer_envelope_clear(&env);
   return rc;
 }
 
-/* Promotes due scheduled tasks of every queue whose next due time has
- * come; returns the ms until the earliest next due time (capped). */
-static int promote_due(runner *r) {
-  int64_t now = celer_mono_ms(), wait = RUNNER_MAX_BLOCK_MS;
-  for (size_t q = 0; q < r->cfg.nqueues; q++) {
-    if (r->next_promote_mono[q] <= now) {
-      int moved = 0;
-      int64_t next = -1, broker_now = 0;
-      if (broker_promote(r->conn, r->cfg.queues[q], RUNNER_PROMOTE_BATCH, &moved, &next,
-                         &broker_now) != 0) {
-        /* The fetch that follows reports a dead connection; any other
-         * failure is logged and tried again after the block bound. */
-        celer_warn("promoting scheduled tasks of %s: %s", r->cfg.queues[q], r->conn->errstr);
-        r->next_promote_mono[q] = now + RUNNER_MAX_BLOCK_MS;
-        continue;
-      }
-      if (moved == RUNNER_PROMOTE_BATCH) next = broker_now; /* more are due */
-      /* Look again at the next due time, and at least every block bound so
-       * that an earlier task scheduled meanwhile is noticed. */
-      int64_t delay = next < 0 ? RUNNER_MAX_BLOCK_MS : next - broker_now;
-      if (delay > RUNNER_MAX_BLOCK_MS) delay = RUNNER_MAX_BLOCK_MS;
-      if (delay < 0) delay = 0;
-      r->next_promote_mono[q] = now + delay;
-    }
-    int64_t left = r->next_promote_mono[q] - now;
-    if (left < wait) wait = left;
+/* Reads the pause flags when they are due; fills r->active with the
+ * queues to fetch from and returns how many. */
+static size_t active_queues(runner *r) {
+  int64_t now = celer_mono_ms();
+  if (now >= r->next_pause_check) {
+    if (broker_paused(r->conn, r->cfg.queues, r->cfg.nqueues, r->paused) == 0)
+      r->next_pause_check = now + RUNNER_PAUSE_CHECK_MS;
   }
-  return (int)(wait < 0 ? 0 : wait);
+  size_t n = 0;
+  for (size_t q = 0; q < r->cfg.nqueues; q++)
+    if (!r->paused[q]) r->active[n++] = r->cfg.queues[q];
+  return n;
+}
+
+/* Which fetched entries were canceled: one ZMSCORE per queue present.
+ * Entries whose envelope cannot be read are never canceled. */
+static int check_canceled(runner *r, broker_entry *entries, size_t n, bool *canceled) {
+  const char **ids = calloc(n, sizeof *ids);
+  size_t *which = calloc(n, sizeof *which);
+  bool *got = calloc(n, sizeof *got);
+  char (*idbuf)[CELER_ID_MAX + 1] = calloc(n, sizeof *idbuf);
+  int rc = ids && which && got && idbuf ? 0 : CELER_ENOMEM;
+  for (size_t q = 0; rc == 0 && q < r->cfg.nqueues; q++) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+      if (entries[i].queue_index != q || canceled[i]) continue;
+      if (salvage_id(entries[i].payload, entries[i].payload_len, idbuf[k])) {
+        ids[k] = idbuf[k];
+        which[k++] = i;
+      }
+    }
+    if (k == 0) continue;
+    rc = broker_canceled(r->conn, r->cfg.queues[q], ids, k, got);
+    for (size_t j = 0; rc == 0 && j < k; j++) canceled[which[j]] = got[j];
+  }
+  free(ids);
+  free(which);
+  free(got);
+  free(idbuf);
+  return rc;
+}
+
+/* Maps fetched entries from the active list back to queue indexes. */
+static void index_entries(runner *r, broker_entry *entries, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    const char *name = r->active[entries[i].queue_index];
+    for (size_t q = 0; q < r->cfg.nqueues; q++)
+      if (r->cfg.queues[q] == name) entries[i].queue_index = q;
+  }
 }
 
 int runner_step(runner *r) {
-  int block = promote_due(r);
+  size_t nactive = active_queues(r);
   if (r->conn->ctx == NULL && broker_ensure(r->conn) != 0) return CELER_ECONNECT;
+  if (nactive == 0) {
+    /* Every queue is paused: wait for the next look at the flags. */
+    struct timespec ts = {0, RUNNER_PAUSE_CHECK_MS * 1000000L};
+    nanosleep(&ts, NULL);
+    return 0;
+  }
   broker_entry *entries = NULL;
   size_t n = 0;
-  /* BLOCK 0 means "forever" to Redis; a due task means "do not block". */
-  int rc = broker_fetch(r->conn, r->cfg.queues, r->cfg.nqueues, r->cfg.name, r->cfg.prefetch,
-                        block > 0 ? block : 0, &entries, &n);
-  if (rc != 0) return rc;
+  int rc = broker_fetch(r->conn, r->active, nactive, r->cfg.name, r->cfg.prefetch,
+                        RUNNER_MAX_BLOCK_MS, &entries, &n);
+  if (rc != 0 || n == 0) return rc;
+  index_entries(r, entries, n);
   r->stats.fetched += n;
-  for (size_t i = 0; i < n && rc == 0; i++) rc = handle_entry(r, &entries[i]);
+  for (size_t i = 0; r->held && i < n; i++)
+    inflight_add(r->held, entries[i].queue_index, entries[i].entry_id);
+  bool *canceled = calloc(n, sizeof *canceled);
+  if (canceled == NULL) rc = CELER_ENOMEM;
+  if (rc == 0) rc = check_canceled(r, entries, n, canceled);
+  int64_t checked = celer_mono_ms();
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    if (celer_mono_ms() - checked > RUNNER_CANCEL_RECHECK_MS) {
+      /* The rest of the batch waited: look again before running it. */
+      rc = check_canceled(r, entries + i, n - i, canceled + i);
+      checked = celer_mono_ms();
+    }
+    if (rc == 0) rc = handle_entry(r, &entries[i], canceled[i]);
+    if (r->held) inflight_remove(r->held, entries[i].entry_id);
+  }
+  /* On an error the rest stay pending; the reclaimer hands them back. */
+  for (size_t i = 0; r->held && i < n; i++) inflight_remove(r->held, entries[i].entry_id);
+  free(canceled);
   broker_entries_free(entries, n);
   return rc;
 }
@@ -365,9 +443,12 @@ int runner_loop(runner *r) {
       pause = 100;
       continue;
     }
-    celer_error("%s; retrying in %lld ms", r->conn->errstr, (long long)pause);
+    /* Full jitter, so that workers cut off together do not come back
+     * together. */
+    int64_t wait = pause / 2 + jitter(pause / 2);
+    celer_error("%s; retrying in %lld ms", r->conn->errstr, (long long)wait);
     /* Wait out the pause in slices so a stop request is honoured. */
-    int64_t until = celer_mono_ms() + pause;
+    int64_t until = celer_mono_ms() + wait;
     while (!*r->stop && celer_mono_ms() < until) {
       struct timespec ts = {0, 50 * 1000000L};
       nanosleep(&ts, NULL);

@@ -41,13 +41,21 @@ typedef struct celer_registry celer_registry;
 typedef int (*celer_handler_fn)(celer_task_ctx *ctx, const json_t *args,
                                 const json_t *kwargs, json_t **result);
 
-/* A task's registration and its defaults. Zero means "worker default". */
+/* A task's registration and its defaults. Zero means "worker default".
+ * Retry delays, when the handler names none: the n-th retry (n from 0)
+ * waits min(cap, base * factor^n), or with jitter (the default) a random
+ * time between 0 and that ("full jitter", so that a burst of failures does
+ * not come back as a burst). */
 typedef struct celer_task_def {
   const char *name;          /* [A-Za-z0-9_.:-]{1,128}; copied */
   celer_handler_fn handler;
   int max_retries;           /* retries after the first run; 0 = default (3),
                                 -1 = never retry */
   int64_t timeout_ms;        /* hard limit per run; 0 = none */
+  int64_t backoff_base_ms;   /* 0 = 1000 */
+  double backoff_factor;     /* 0 = 2 */
+  int64_t backoff_cap_ms;    /* 0 = one hour */
+  int no_jitter;             /* 1: exact delays instead of full jitter */
 } celer_task_def;
 
 typedef struct celer_module_info {

@@ -1,7 +1,6 @@
 /* Test harness: a private redis-server per suite and helpers to run the
  * project's programs. Readiness is a real PING answered before a deadline;
  * nothing sleeps a fixed time. */
-#define _GNU_SOURCE /* execvpe */
 #include "harness/harness.h"
 
 #include <dirent.h>

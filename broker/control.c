@@ -1,0 +1,259 @@
+/* Operator controls on a queue: cancel, pause, the dead set, purge, and
+ * the broker settings a worker must check before it trusts Redis. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "broker/internal.h"
+
+/* Ids checked for cancellation per ZMSCORE: a fetch batch fits easily. */
+#define CANCELED_BATCH 1024
+
+int broker_cancel(broker_conn *b, const char *queue, const char *task_id, const char *record,
+                  size_t record_len, int64_t ttl_ms, char state_out[16]) {
+  char result[BROKER_KEY_MAX + 1], canceled[BROKER_KEY_MAX + 1], stats[BROKER_KEY_MAX + 1],
+      channel[BROKER_KEY_MAX + 1], ttl[24];
+  broker_key(result, b->ns, queue, "result:", task_id);
+  broker_key(canceled, b->ns, queue, "canceled", NULL);
+  broker_key(stats, b->ns, queue, "stats", NULL);
+  broker_key(channel, b->ns, queue, "done:", task_id);
+  snprintf(ttl, sizeof ttl, "%lld", (long long)(ttl_ms > 0 ? ttl_ms : 1));
+  const char *argv[7] = {result, canceled, stats, record, ttl, channel, task_id};
+  size_t len[7];
+  for (int i = 0; i < 7; i++) len[i] = strlen(argv[i]);
+  len[3] = record_len;
+  int code;
+  redisReply *r = broker_eval(b, &code, BROKER_SCRIPT_CANCEL, 3, argv, len, 7);
+  if (r == NULL) return code;
+  int rc = 0;
+  if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS)
+    snprintf(state_out, 16, "%.*s", (int)r->len, r->str);
+  else
+    rc = broker_fail(b, CELER_EPROTO, "the cancel script returned type %d", r->type);
+  freeReplyObject(r);
+  return rc;
+}
+
+int broker_canceled(broker_conn *b, const char *queue, const char *const *ids, size_t n,
+                    bool *canceled) {
+  char key[BROKER_KEY_MAX + 1];
+  const char *argv[2 + CANCELED_BATCH];
+  broker_key(key, b->ns, queue, "canceled", NULL);
+  for (size_t done = 0; done < n;) {
+    size_t k = n - done > CANCELED_BATCH ? CANCELED_BATCH : n - done;
+    argv[0] = "ZMSCORE";
+    argv[1] = key;
+    for (size_t i = 0; i < k; i++) argv[2 + i] = ids[done + i];
+    int code;
+    redisReply *r = broker_command(b, &code, (int)k + 2, argv, NULL);
+    if (r == NULL) return code;
+    int rc = 0;
+    if (r->type == REDIS_REPLY_ERROR) rc = broker_reply_error(b, r, "ZMSCORE");
+    else if (r->type != REDIS_REPLY_ARRAY || r->elements != k)
+      rc = broker_fail(b, CELER_EPROTO, "ZMSCORE: unexpected reply");
+    for (size_t i = 0; rc == 0 && i < k; i++)
+      canceled[done + i] = r->element[i]->type != REDIS_REPLY_NIL;
+    freeReplyObject(r);
+    if (rc != 0) return rc;
+    done += k;
+  }
+  return 0;
+}
+
+int broker_paused(broker_conn *b, const char *const *queues, size_t n, bool *paused) {
+  int rc = broker_ensure(b);
+  if (rc != 0) return rc;
+  for (size_t i = 0; i < n; i++) {
+    char key[BROKER_KEY_MAX + 1];
+    broker_key(key, b->ns, queues[i], "paused", NULL);
+    const char *argv[2] = {"EXISTS", key};
+    if (redisAppendCommandArgv(b->ctx, 2, argv, NULL) != REDIS_OK) {
+      broker_close(b);
+      return broker_fail(b, CELER_ENOMEM, "out of memory checking pause flags");
+    }
+  }
+  for (size_t i = 0; i < n; i++) {
+    redisReply *r = NULL;
+    if (redisGetReply(b->ctx, (void **)&r) != REDIS_OK || r == NULL)
+      return broker_io_error(b, "EXISTS");
+    if (r->type == REDIS_REPLY_INTEGER) paused[i] = r->integer == 1;
+    else if (rc == 0) rc = r->type == REDIS_REPLY_ERROR ? broker_reply_error(b, r, "EXISTS")
+                                                        : broker_fail(b, CELER_EPROTO, "EXISTS: unexpected reply");
+    freeReplyObject(r);
+  }
+  return rc;
+}
+
+int broker_set_paused(broker_conn *b, const char *queue, bool paused) {
+  char key[BROKER_KEY_MAX + 1];
+  broker_key(key, b->ns, queue, "paused", NULL);
+  const char *set[3] = {"SET", key, "1"}, *del[2] = {"DEL", key};
+  int code;
+  redisReply *r = paused ? broker_command(b, &code, 3, set, NULL)
+                         : broker_command(b, &code, 2, del, NULL);
+  if (r == NULL) return code;
+  int rc = r->type == REDIS_REPLY_ERROR ? broker_reply_error(b, r, paused ? "SET" : "DEL") : 0;
+  freeReplyObject(r);
+  return rc;
+}
+
+int broker_dead_list(broker_conn *b, const char *queue, int64_t offset, int64_t limit,
+                     char ***ids, char ***entries, int64_t **dead_at, size_t *n,
+                     int64_t *total) {
+  char dead[BROKER_KEY_MAX + 1], hash[BROKER_KEY_MAX + 1], from[24], to[24];
+  broker_key(dead, b->ns, queue, "dead", NULL);
+  broker_key(hash, b->ns, queue, "dead:entries", NULL);
+  snprintf(from, sizeof from, "%lld", (long long)offset);
+  snprintf(to, sizeof to, "%lld", (long long)(offset + limit - 1));
+  *ids = *entries = NULL;
+  *dead_at = NULL;
+  *n = 0;
+  int code;
+  const char *card[2] = {"ZCARD", dead};
+  redisReply *r = broker_command(b, &code, 2, card, NULL);
+  if (r == NULL) return code;
+  if (r->type != REDIS_REPLY_INTEGER) {
+    int rc = r->type == REDIS_REPLY_ERROR ? broker_reply_error(b, r, "ZCARD")
+                                          : broker_fail(b, CELER_EPROTO, "ZCARD: unexpected reply");
+    freeReplyObject(r);
+    return rc;
+  }
+  *total = r->integer;
+  freeReplyObject(r);
+  if (limit <= 0) return 0;
+  const char *range[6] = {"ZRANGE", dead, from, to, "REV", "WITHSCORES"};
+  if ((r = broker_command(b, &code, 6, range, NULL)) == NULL) return code;
+  if (r->type != REDIS_REPLY_ARRAY || r->elements % 2 != 0) {
+    int rc = r->type == REDIS_REPLY_ERROR ? broker_reply_error(b, r, "ZRANGE")
+                                          : broker_fail(b, CELER_EPROTO, "ZRANGE: unexpected reply");
+    freeReplyObject(r);
+    return rc;
+  }
+  size_t k = r->elements / 2;
+  if (k == 0) {
+    freeReplyObject(r);
+    return 0;
+  }
+  char **idv = calloc(k, sizeof *idv), **ev = calloc(k, sizeof *ev);
+  int64_t *at = calloc(k, sizeof *at);
+  const char **hmget = calloc(k + 2, sizeof *hmget);
+  int rc = idv && ev && at && hmget ? 0 : broker_fail(b, CELER_ENOMEM, "out of memory");
+  for (size_t i = 0; rc == 0 && i < k; i++) {
+    redisReply *id = r->element[2 * i], *score = r->element[2 * i + 1];
+    if ((idv[i] = broker_copy_bytes(id->str, id->len)) == NULL)
+      rc = broker_fail(b, CELER_ENOMEM, "out of memory");
+    at[i] = score->str ? strtoll(score->str, NULL, 10) : 0;
+  }
+  freeReplyObject(r);
+  if (rc == 0) {
+    hmget[0] = "HMGET";
+    hmget[1] = hash;
+    for (size_t i = 0; i < k; i++) hmget[2 + i] = idv[i];
+    if ((r = broker_command(b, &code, (int)k + 2, hmget, NULL)) == NULL) {
+      rc = code;
+    } else {
+      if (r->type != REDIS_REPLY_ARRAY || r->elements != k)
+        rc = broker_fail(b, CELER_EPROTO, "HMGET: unexpected reply");
+      for (size_t i = 0; rc == 0 && i < k; i++) {
+        redisReply *v = r->element[i];
+        if (v->type == REDIS_REPLY_STRING && (ev[i] = broker_copy_bytes(v->str, v->len)) == NULL)
+          rc = broker_fail(b, CELER_ENOMEM, "out of memory");
+      }
+      freeReplyObject(r);
+    }
+  }
+  free(hmget);
+  if (rc != 0) {
+    broker_names_free(idv, k);
+    broker_names_free(ev, k);
+    free(at);
+    return rc;
+  }
+  *ids = idv;
+  *entries = ev;
+  *dead_at = at;
+  *n = k;
+  return 0;
+}
+
+/* Reads a reply of n integers into out. Frees r. */
+static int integers_reply(broker_conn *b, redisReply *r, const char *script, int64_t *out,
+                          size_t n) {
+  int rc = 0;
+  if (r->type != REDIS_REPLY_ARRAY || r->elements != n) {
+    rc = broker_fail(b, CELER_EPROTO, "the %s script returned an unexpected reply", script);
+  } else {
+    for (size_t i = 0; i < n; i++) out[i] = r->element[i]->integer;
+  }
+  freeReplyObject(r);
+  return rc;
+}
+
+int broker_dead_retry(broker_conn *b, const char *queue, const char *task_id, int batch,
+                      int64_t offset, int64_t *moved, int64_t *skipped, int64_t *left) {
+  char dead[BROKER_KEY_MAX + 1], hash[BROKER_KEY_MAX + 1], stream[BROKER_KEY_MAX + 1],
+      prefix[BROKER_KEY_MAX + 1], bs[16], off[24];
+  broker_key(dead, b->ns, queue, "dead", NULL);
+  broker_key(hash, b->ns, queue, "dead:entries", NULL);
+  broker_key(stream, b->ns, queue, "stream", NULL);
+  broker_key(prefix, b->ns, queue, "result:", NULL);
+  snprintf(bs, sizeof bs, "%d", batch > 0 ? batch : 1);
+  snprintf(off, sizeof off, "%lld", (long long)offset);
+  const char *argv[7] = {dead, hash, stream, task_id ? task_id : "", bs, off, prefix};
+  int code;
+  redisReply *r = broker_eval(b, &code, BROKER_SCRIPT_DEAD_RETRY, 3, argv, NULL, 7);
+  if (r == NULL) return code;
+  int64_t v[3];
+  int rc = integers_reply(b, r, "dead_retry", v, 3);
+  if (rc == 0) {
+    *moved = v[0];
+    *skipped = v[1];
+    *left = v[2];
+  }
+  return rc;
+}
+
+int broker_purge(broker_conn *b, const char *queue, const char *parts, int batch,
+                 int64_t counts[3], bool *done) {
+  char stream[BROKER_KEY_MAX + 1], sched[BROKER_KEY_MAX + 1], dead[BROKER_KEY_MAX + 1],
+      hash[BROKER_KEY_MAX + 1], bs[16];
+  broker_key(stream, b->ns, queue, "stream", NULL);
+  broker_key(sched, b->ns, queue, "scheduled", NULL);
+  broker_key(dead, b->ns, queue, "dead", NULL);
+  broker_key(hash, b->ns, queue, "dead:entries", NULL);
+  snprintf(bs, sizeof bs, "%d", batch > 0 ? batch : 1);
+  const char *argv[7] = {stream, sched, dead, hash, parts, BROKER_GROUP, bs};
+  int code;
+  redisReply *r = broker_eval(b, &code, BROKER_SCRIPT_PURGE, 4, argv, NULL, 7);
+  if (r == NULL) return code;
+  int64_t v[4];
+  int rc = integers_reply(b, r, "purge", v, 4);
+  if (rc == 0) {
+    memcpy(counts, v, 3 * sizeof *counts);
+    *done = v[3] == 1;
+  }
+  return rc;
+}
+
+int broker_eviction(broker_conn *b, char *policy, size_t size, int64_t *maxmemory) {
+  const char *argv[4] = {"CONFIG", "GET", "maxmemory-policy", "maxmemory"};
+  int code;
+  /* CONFIG GET takes several patterns since Redis 7.0. */
+  redisReply *r = broker_command(b, &code, 4, argv, NULL);
+  if (r == NULL) return code;
+  int rc = 0;
+  policy[0] = '\0';
+  *maxmemory = 0;
+  if (r->type == REDIS_REPLY_ERROR) {
+    rc = broker_reply_error(b, r, "CONFIG GET");
+    if (rc == CELER_EPROTO) rc = CELER_EAUTH; /* renamed or disabled CONFIG */
+  } else if (r->type == REDIS_REPLY_ARRAY) {
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+      redisReply *k = r->element[i], *v = r->element[i + 1];
+      if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) continue;
+      if (strcmp(k->str, "maxmemory-policy") == 0) snprintf(policy, size, "%s", v->str);
+      else if (strcmp(k->str, "maxmemory") == 0) *maxmemory = strtoll(v->str, NULL, 10);
+    }
+  }
+  freeReplyObject(r);
+  return rc;
+}

@@ -1,0 +1,91 @@
+/* Leases: a taken entry stays in its consumer's pending list (the lease
+ * table) until recorded. Holders renew their leases; anyone may reclaim
+ * leases that expired. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "broker/internal.h"
+
+/* Entries one refresh call renews: the argument vector is sized by it. */
+#define REFRESH_BATCH 256
+
+int broker_refresh(broker_conn *b, const char *queue, const char *consumer,
+                   const char *const *entry_ids, size_t n, int *renewed) {
+  char stream[BROKER_KEY_MAX + 1];
+  const char *argv[3 + REFRESH_BATCH];
+  broker_key(stream, b->ns, queue, "stream", NULL);
+  int total = 0;
+  for (size_t done = 0; done < n;) {
+    size_t k = n - done > REFRESH_BATCH ? REFRESH_BATCH : n - done;
+    argv[0] = stream;
+    argv[1] = BROKER_GROUP;
+    argv[2] = consumer;
+    for (size_t i = 0; i < k; i++) argv[3 + i] = entry_ids[done + i];
+    int code, got = 0;
+    redisReply *r = broker_eval(b, &code, BROKER_SCRIPT_REFRESH, 1, argv, NULL, (int)k + 3);
+    if (r == NULL) return code;
+    if ((code = broker_integer_reply(b, r, "refresh", &got)) != 0) return code;
+    total += got;
+    done += k;
+  }
+  if (renewed) *renewed = total;
+  return 0;
+}
+
+/* Fills e from one {id, task, redeliveries, attempt} row of reclaim.lua. */
+static int parse_lost(redisReply *row, broker_entry *e) {
+  if (row->type != REDIS_REPLY_ARRAY || row->elements != 4) return CELER_EPROTO;
+  for (size_t i = 0; i < 4; i++)
+    if (row->element[i]->type != REDIS_REPLY_STRING) return CELER_EPROTO;
+  redisReply **f = row->element;
+  snprintf(e->entry_id, sizeof e->entry_id, "%.*s", (int)f[0]->len, f[0]->str);
+  if ((e->payload = broker_copy_bytes(f[1]->str, f[1]->len)) == NULL) return CELER_ENOMEM;
+  e->payload_len = f[1]->len;
+  char buf[24];
+  int64_t v;
+  snprintf(buf, sizeof buf, "%.*s", (int)f[2]->len, f[2]->str);
+  if (celer_parse_i64(buf, &v) == 0) e->redeliveries = v;
+  snprintf(buf, sizeof buf, "%.*s", (int)f[3]->len, f[3]->str);
+  if (f[3]->len > 0 && celer_parse_i64(buf, &v) == 0) {
+    e->attempt = v;
+    e->has_attempt = true;
+  }
+  return 0;
+}
+
+int broker_reclaim(broker_conn *b, const char *queue, const char *consumer, int64_t lease_ms,
+                   int count, int64_t limit, broker_entry **lost, size_t *n) {
+  char stream[BROKER_KEY_MAX + 1], stats[BROKER_KEY_MAX + 1], idle[24], cnt[16], lim[24];
+  broker_key(stream, b->ns, queue, "stream", NULL);
+  broker_key(stats, b->ns, queue, "stats", NULL);
+  snprintf(idle, sizeof idle, "%lld", (long long)lease_ms);
+  snprintf(cnt, sizeof cnt, "%d", count > 0 ? count : 1);
+  snprintf(lim, sizeof lim, "%lld", (long long)limit);
+  const char *argv[7] = {stream, stats, BROKER_GROUP, consumer, idle, cnt, lim};
+  *lost = NULL;
+  *n = 0;
+  int code;
+  redisReply *r = broker_eval(b, &code, BROKER_SCRIPT_RECLAIM, 2, argv, NULL, 7);
+  if (r == NULL) return code;
+  int rc = 0;
+  if (r->type != REDIS_REPLY_ARRAY) {
+    rc = broker_fail(b, CELER_EPROTO, "the reclaim script returned type %d", r->type);
+  } else if (r->elements > 0) {
+    broker_entry *e = calloc(r->elements, sizeof *e);
+    if (e == NULL) rc = broker_fail(b, CELER_ENOMEM, "out of memory reclaiming tasks");
+    for (size_t i = 0; e && i < r->elements && rc == 0; i++) {
+      rc = parse_lost(r->element[i], &e[i]);
+      if (rc != 0) {
+        broker_entries_free(e, i + 1);
+        e = NULL;
+        broker_fail(b, rc, "the reclaim script returned a malformed row");
+      }
+    }
+    if (rc == 0) {
+      *lost = e;
+      *n = r->elements;
+    }
+  }
+  freeReplyObject(r);
+  return rc;
+}

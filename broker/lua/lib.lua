@@ -1,0 +1,29 @@
+-- Helpers shared by every script: this text is prepended to each script
+-- when it is loaded, so each script stays one atomic unit.
+
+local FINAL = {SUCCEEDED = true, FAILED = true, EXPIRED = true,
+               CANCELED = true, REJECTED = true}
+
+-- The broker's clock in ms: due times never depend on a worker's clock.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The final state of the record stored at key, or nil when there is no
+-- record or it is not final.
+local function final_state(key)
+  local current = redis.call('GET', key)
+  if not current then return nil end
+  local ok, rec = pcall(cjson.decode, current)
+  if ok and type(rec) == 'table' and FINAL[rec.state] then return rec.state end
+  return nil
+end
+
+-- True while entry id is pending for consumer: the consumer holds the
+-- lease. A reclaimed, purged or re-delivered entry fails this check, so a
+-- worker that lost its lease cannot record anything for it (fencing).
+local function holds_lease(stream, group, id, consumer)
+  local p = redis.pcall('XPENDING', stream, group, id, id, 1, consumer)
+  return type(p) == 'table' and p.err == nil and #p == 1
+end

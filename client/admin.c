@@ -1,0 +1,187 @@
+/* libceler operator API (include/celer/admin.h): cancel, pause, the dead
+ * set and purge, each one broker script or command. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "celer/admin.h"
+#include "client/internal.h"
+#include "common/common.h"
+
+/* Dead tasks moved back per script call by celer_dead_retry(NULL): bounds
+ * how long one call holds Redis. */
+#define ADMIN_RETRY_BATCH 500
+/* Ready entries removed per purge call, for the same reason. */
+#define ADMIN_PURGE_BATCH 5000
+/* Longest dead listing one call returns. */
+#define ADMIN_DEAD_LIST_MAX 10000
+
+static int check_queue(celer_client *c, const char *queue) {
+  if (strlen(queue) > CELER_QUEUE_NAME_MAX || !celer_valid_queue_name(queue))
+    return client_fail(c, CELER_EINVAL, "queue: must be 1 to %d characters from [A-Za-z0-9_.-]",
+                       CELER_QUEUE_NAME_MAX);
+  return 0;
+}
+
+/* Validates queue (NULL: default) and makes sure the client is usable. */
+static int prepare(celer_client *c, const char **queue) {
+  if (*queue == NULL) *queue = CELER_DEFAULT_QUEUE;
+  int rc = check_queue(c, *queue);
+  return rc ? rc : client_ready(c);
+}
+
+static int cancel_io(celer_client *c, const char *queue, const char *id, celer_state *out) {
+  int rc = prepare(c, &queue);
+  if (rc == 0) rc = client_check_names(c, queue, id);
+  if (rc != 0) return rc;
+  int64_t now = celer_now_ms();
+  broker_outcome o = {.id = id,
+                      .queue = queue,
+                      .state = CELER_CANCELED,
+                      .error_type = "Canceled",
+                      .error_message = "canceled before it ran",
+                      .finished_at = now};
+  char *record = NULL, state[16];
+  size_t len = 0;
+  if ((rc = broker_record_encode(&o, &record, &len)) != 0)
+    return client_fail(c, rc, "out of memory building a record");
+  int64_t ttl_ms = CELER_DEFAULT_RESULT_TTL_S * 1000;
+  const char *env = getenv("CELER_RESULT_TTL");
+  int64_t v;
+  if (env && celer_parse_i64(env, &v) == 0 && v > 0) ttl_ms = v * 1000;
+  rc = broker_cancel(&c->conn, queue, id, record, len, ttl_ms, state);
+  free(record);
+  if (rc != 0) return client_fail_broker(c, &c->conn, rc);
+  celer_state st = CELER_CANCELED;
+  if (celer_state_parse(state, &st) != 0)
+    return client_fail(c, CELER_EPROTO, "cancel answered an unknown state '%s'", state);
+  if (out) *out = st;
+  return 0;
+}
+
+int celer_cancel(celer_client *c, const char *queue, const char *id, celer_state *state_out) {
+  return CLIENT_GUARDED(cancel_io(c, queue, id, state_out));
+}
+
+static int set_paused_io(celer_client *c, const char *queue, bool paused) {
+  int rc = prepare(c, &queue);
+  if (rc == 0 && (rc = broker_set_paused(&c->conn, queue, paused)) != 0)
+    client_fail_broker(c, &c->conn, rc);
+  return rc;
+}
+
+int celer_pause(celer_client *c, const char *queue) {
+  return CLIENT_GUARDED(set_paused_io(c, queue, true));
+}
+
+int celer_resume(celer_client *c, const char *queue) {
+  return CLIENT_GUARDED(set_paused_io(c, queue, false));
+}
+
+static int is_paused_io(celer_client *c, const char *queue, bool *paused) {
+  int rc = prepare(c, &queue);
+  if (rc == 0 && (rc = broker_paused(&c->conn, &queue, 1, paused)) != 0)
+    client_fail_broker(c, &c->conn, rc);
+  return rc;
+}
+
+int celer_is_paused(celer_client *c, const char *queue, bool *paused) {
+  return CLIENT_GUARDED(is_paused_io(c, queue, paused));
+}
+
+/* One dead listing row as the API promises it. */
+static json_t *dead_row(const char *id, int64_t dead_at, const char *stored) {
+  json_t *entry = stored ? json_loads(stored, 0, NULL) : NULL;
+  json_t *record = json_object_get(entry, "record");
+  json_t *envelope = json_object_get(entry, "envelope");
+  json_t *row = json_pack("{sssIsOsO}", "id", id, "dead_at", (json_int_t)dead_at, "record",
+                          record ? record : json_null(), "envelope",
+                          json_is_string(envelope) ? envelope : json_null());
+  json_decref(entry);
+  return row;
+}
+
+static int dead_list_io(celer_client *c, const char *queue, int64_t offset, int64_t limit,
+                        json_t **list, int64_t *total) {
+  int rc = prepare(c, &queue);
+  if (rc != 0) return rc;
+  if (offset < 0 || limit < 0 || limit > ADMIN_DEAD_LIST_MAX)
+    return client_fail(c, CELER_EINVAL, "offset must be 0 or more and limit 0 to %d",
+                       ADMIN_DEAD_LIST_MAX);
+  char **ids = NULL, **entries = NULL;
+  int64_t *at = NULL, count = 0;
+  size_t n = 0;
+  rc = broker_dead_list(&c->conn, queue, offset, limit, &ids, &entries, &at, &n, &count);
+  if (rc != 0) return client_fail_broker(c, &c->conn, rc);
+  json_t *rows = json_array();
+  for (size_t i = 0; rows && i < n; i++) {
+    if (json_array_append_new(rows, dead_row(ids[i], at[i], entries[i])) != 0) {
+      json_decref(rows);
+      rows = NULL;
+    }
+  }
+  broker_names_free(ids, n);
+  broker_names_free(entries, n);
+  free(at);
+  if (rows == NULL) return client_fail(c, CELER_ENOMEM, "out of memory listing dead tasks");
+  *list = rows;
+  if (total) *total = count;
+  return 0;
+}
+
+int celer_dead_list(celer_client *c, const char *queue, int64_t offset, int64_t limit,
+                    json_t **list, int64_t *total) {
+  return CLIENT_GUARDED(dead_list_io(c, queue, offset, limit, list, total));
+}
+
+static int dead_retry_io(celer_client *c, const char *queue, const char *id, int64_t *moved) {
+  int rc = prepare(c, &queue);
+  if (rc == 0 && id) rc = client_check_names(c, queue, id);
+  if (rc != 0) return rc;
+  int64_t total = 0, skipped = 0, m = 0, s = 0, left = 0;
+  do {
+    rc = broker_dead_retry(&c->conn, queue, id, ADMIN_RETRY_BATCH, skipped, &m, &s, &left);
+    if (rc != 0) return client_fail_broker(c, &c->conn, rc);
+    total += m;
+    skipped += s;
+  } while (id == NULL && m > 0);
+  if (moved) *moved = total;
+  if (id && m == 0)
+    return client_fail(c, CELER_ENOTFOUND,
+                       s ? "dead task %s has no readable envelope to run again"
+                         : "task %s is not in the dead set of queue %s",
+                       id, queue);
+  return 0;
+}
+
+int celer_dead_retry(celer_client *c, const char *queue, const char *id, int64_t *moved) {
+  return CLIENT_GUARDED(dead_retry_io(c, queue, id, moved));
+}
+
+static int purge_io(celer_client *c, const char *queue, unsigned parts, int64_t counts[3]) {
+  int rc = prepare(c, &queue);
+  if (rc != 0) return rc;
+  char which[4];
+  size_t k = 0;
+  if (parts & CELER_PURGE_READY) which[k++] = 'r';
+  if (parts & CELER_PURGE_SCHEDULED) which[k++] = 's';
+  if (parts & CELER_PURGE_DEAD) which[k++] = 'd';
+  which[k] = '\0';
+  if (k == 0) return client_fail(c, CELER_EINVAL, "purge: name at least one part");
+  int64_t sum[3] = {0, 0, 0};
+  bool done = false;
+  while (!done) {
+    int64_t got[3];
+    rc = broker_purge(&c->conn, queue, which, ADMIN_PURGE_BATCH, got, &done);
+    if (rc != 0) return client_fail_broker(c, &c->conn, rc);
+    for (int i = 0; i < 3; i++) sum[i] += got[i];
+    /* Scheduled and dead go in the first call; later calls finish ready. */
+    which[0] = 'r';
+    which[1] = '\0';
+  }
+  if (counts) memcpy(counts, sum, sizeof sum);
+  return 0;
+}
+
+int celer_purge(celer_client *c, const char *queue, unsigned parts, int64_t counts[3]) {
+  return CLIENT_GUARDED(purge_io(c, queue, parts, counts));
+}
