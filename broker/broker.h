@@ -235,9 +235,11 @@ int broker_reclaim(broker_conn *b, const char *queue, const char *consumer, int6
                    int count, int64_t limit, broker_entry **lost, size_t *n);
 
 /* Cancels a task that has no final record (cancel.lua). state_out (16
- * bytes) gets "CANCELED", or the final state the task already had. */
+ * bytes) gets "CANCELED" and *changed true, or the final state the task
+ * already had and *changed false. */
 int broker_cancel(broker_conn *b, const char *queue, const char *task_id,
-                  const char *record, size_t record_len, int64_t ttl_ms, char state_out[16]);
+                  const char *record, size_t record_len, int64_t ttl_ms, char state_out[16],
+                  bool *changed);
 /* Which of the task ids are marked canceled in queue; canceled[i] is set
  * for each. One round trip. */
 int broker_canceled(broker_conn *b, const char *queue, const char *const *ids, size_t n,
@@ -256,9 +258,14 @@ int broker_dead_list(broker_conn *b, const char *queue, int64_t offset, int64_t 
                      int64_t *total);
 /* Moves one dead task (task_id) or a batch of the oldest (task_id NULL,
  * passing over `offset` that cannot be retried) back to ready
- * (dead_retry.lua). */
+ * (dead_retry.lua). Only entries dead at or before *cutoff (ms, 0 = the
+ * broker's now) move; *cutoff gets the time used, for the next batch.
+ * *left counts the entries still dead at or before it. */
 int broker_dead_retry(broker_conn *b, const char *queue, const char *task_id, int batch,
-                      int64_t offset, int64_t *moved, int64_t *skipped, int64_t *left);
+                      int64_t offset, int64_t *cutoff, int64_t *moved, int64_t *skipped,
+                      int64_t *left);
+/* Adds queue to the registry of queues (<ns>:queues). */
+int broker_register_queue(broker_conn *b, const char *queue);
 
 /* Purge parts (a string of 'r' ready, 's' scheduled, 'd' dead) of queue,
  * one batch (purge.lua). counts[0..2] get what was removed from each;

@@ -9,7 +9,7 @@
 #define CANCELED_BATCH 1024
 
 int broker_cancel(broker_conn *b, const char *queue, const char *task_id, const char *record,
-                  size_t record_len, int64_t ttl_ms, char state_out[16]) {
+                  size_t record_len, int64_t ttl_ms, char state_out[16], bool *changed) {
   char result[BROKER_KEY_MAX + 1], canceled[BROKER_KEY_MAX + 1], stats[BROKER_KEY_MAX + 1],
       channel[BROKER_KEY_MAX + 1], ttl[24];
   broker_key(result, b->ns, queue, "result:", task_id);
@@ -25,10 +25,13 @@ int broker_cancel(broker_conn *b, const char *queue, const char *task_id, const 
   redisReply *r = broker_eval(b, &code, BROKER_SCRIPT_CANCEL, 3, argv, len, 7);
   if (r == NULL) return code;
   int rc = 0;
-  if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS)
-    snprintf(state_out, 16, "%.*s", (int)r->len, r->str);
-  else
-    rc = broker_fail(b, CELER_EPROTO, "the cancel script returned type %d", r->type);
+  if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+      r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_INTEGER) {
+    snprintf(state_out, 16, "%.*s", (int)r->element[0]->len, r->element[0]->str);
+    *changed = r->element[1]->integer == 1;
+  } else {
+    rc = broker_fail(b, CELER_EPROTO, "the cancel script returned an unexpected reply");
+  }
   freeReplyObject(r);
   return rc;
 }
@@ -80,6 +83,18 @@ int broker_paused(broker_conn *b, const char *const *queues, size_t n, bool *pau
                                                         : broker_fail(b, CELER_EPROTO, "EXISTS: unexpected reply");
     freeReplyObject(r);
   }
+  return rc;
+}
+
+int broker_register_queue(broker_conn *b, const char *queue) {
+  char key[BROKER_KEY_MAX + 1];
+  broker_queues_key(key, b->ns);
+  const char *argv[3] = {"SADD", key, queue};
+  int code;
+  redisReply *r = broker_command(b, &code, 3, argv, NULL);
+  if (r == NULL) return code;
+  int rc = r->type == REDIS_REPLY_ERROR ? broker_reply_error(b, r, "SADD") : 0;
+  freeReplyObject(r);
   return rc;
 }
 
@@ -189,25 +204,28 @@ static int integers_reply(broker_conn *b, redisReply *r, const char *script, int
 }
 
 int broker_dead_retry(broker_conn *b, const char *queue, const char *task_id, int batch,
-                      int64_t offset, int64_t *moved, int64_t *skipped, int64_t *left) {
+                      int64_t offset, int64_t *cutoff, int64_t *moved, int64_t *skipped,
+                      int64_t *left) {
   char dead[BROKER_KEY_MAX + 1], hash[BROKER_KEY_MAX + 1], stream[BROKER_KEY_MAX + 1],
-      prefix[BROKER_KEY_MAX + 1], bs[16], off[24];
+      prefix[BROKER_KEY_MAX + 1], bs[16], off[24], cut[24] = "";
   broker_key(dead, b->ns, queue, "dead", NULL);
   broker_key(hash, b->ns, queue, "dead:entries", NULL);
   broker_key(stream, b->ns, queue, "stream", NULL);
   broker_key(prefix, b->ns, queue, "result:", NULL);
   snprintf(bs, sizeof bs, "%d", batch > 0 ? batch : 1);
   snprintf(off, sizeof off, "%lld", (long long)offset);
-  const char *argv[7] = {dead, hash, stream, task_id ? task_id : "", bs, off, prefix};
+  if (*cutoff > 0) snprintf(cut, sizeof cut, "%lld", (long long)*cutoff);
+  const char *argv[8] = {dead, hash, stream, task_id ? task_id : "", bs, off, prefix, cut};
   int code;
-  redisReply *r = broker_eval(b, &code, BROKER_SCRIPT_DEAD_RETRY, 3, argv, NULL, 7);
+  redisReply *r = broker_eval(b, &code, BROKER_SCRIPT_DEAD_RETRY, 3, argv, NULL, 8);
   if (r == NULL) return code;
-  int64_t v[3];
-  int rc = integers_reply(b, r, "dead_retry", v, 3);
+  int64_t v[4];
+  int rc = integers_reply(b, r, "dead_retry", v, 4);
   if (rc == 0) {
     *moved = v[0];
     *skipped = v[1];
     *left = v[2];
+    *cutoff = v[3];
   }
   return rc;
 }

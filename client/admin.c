@@ -12,8 +12,6 @@
 #define ADMIN_RETRY_BATCH 500
 /* Ready entries removed per purge call, for the same reason. */
 #define ADMIN_PURGE_BATCH 5000
-/* Longest dead listing one call returns. */
-#define ADMIN_DEAD_LIST_MAX 10000
 
 static int check_queue(celer_client *c, const char *queue) {
   if (strlen(queue) > CELER_QUEUE_NAME_MAX || !celer_valid_queue_name(queue))
@@ -29,7 +27,8 @@ static int prepare(celer_client *c, const char **queue) {
   return rc ? rc : client_ready(c);
 }
 
-static int cancel_io(celer_client *c, const char *queue, const char *id, celer_state *out) {
+static int cancel_io(celer_client *c, const char *queue, const char *id, celer_state *out,
+                     bool *canceled) {
   int rc = prepare(c, &queue);
   if (rc == 0) rc = client_check_names(c, queue, id);
   if (rc != 0) return rc;
@@ -44,13 +43,14 @@ static int cancel_io(celer_client *c, const char *queue, const char *id, celer_s
   size_t len = 0;
   if ((rc = broker_record_encode(&o, &record, &len)) != 0)
     return client_fail(c, rc, "out of memory building a record");
-  int64_t ttl_ms = CELER_DEFAULT_RESULT_TTL_S * 1000;
-  const char *env = getenv("CELER_RESULT_TTL");
-  int64_t v;
-  if (env && celer_parse_i64(env, &v) == 0 && v > 0) ttl_ms = v * 1000;
-  rc = broker_cancel(&c->conn, queue, id, record, len, ttl_ms, state);
+  bool changed = false;
+  rc = broker_cancel(&c->conn, queue, id, record, len, c->result_ttl_ms, state, &changed);
   free(record);
+  /* The record must be findable by a search over every queue, even when
+   * nothing was ever sent to this one. */
+  if (rc == 0 && changed) rc = broker_register_queue(&c->conn, queue);
   if (rc != 0) return client_fail_broker(c, &c->conn, rc);
+  if (canceled) *canceled = changed;
   celer_state st = CELER_CANCELED;
   if (celer_state_parse(state, &st) != 0)
     return client_fail(c, CELER_EPROTO, "cancel answered an unknown state '%s'", state);
@@ -58,8 +58,9 @@ static int cancel_io(celer_client *c, const char *queue, const char *id, celer_s
   return 0;
 }
 
-int celer_cancel(celer_client *c, const char *queue, const char *id, celer_state *state_out) {
-  return CLIENT_GUARDED(cancel_io(c, queue, id, state_out));
+int celer_cancel(celer_client *c, const char *queue, const char *id, celer_state *state_out,
+                 bool *canceled) {
+  return CLIENT_GUARDED(cancel_io(c, queue, id, state_out, canceled));
 }
 
 static int set_paused_io(celer_client *c, const char *queue, bool paused) {
@@ -104,9 +105,9 @@ static int dead_list_io(celer_client *c, const char *queue, int64_t offset, int6
                         json_t **list, int64_t *total) {
   int rc = prepare(c, &queue);
   if (rc != 0) return rc;
-  if (offset < 0 || limit < 0 || limit > ADMIN_DEAD_LIST_MAX)
+  if (offset < 0 || limit < 0 || limit > CELER_DEAD_LIST_MAX)
     return client_fail(c, CELER_EINVAL, "offset must be 0 or more and limit 0 to %d",
-                       ADMIN_DEAD_LIST_MAX);
+                       CELER_DEAD_LIST_MAX);
   char **ids = NULL, **entries = NULL;
   int64_t *at = NULL, count = 0;
   size_t n = 0;
@@ -137,13 +138,15 @@ static int dead_retry_io(celer_client *c, const char *queue, const char *id, int
   int rc = prepare(c, &queue);
   if (rc == 0 && id) rc = client_check_names(c, queue, id);
   if (rc != 0) return rc;
-  int64_t total = 0, skipped = 0, m = 0, s = 0, left = 0;
+  int64_t total = 0, skipped = 0, m = 0, s = 0, left = 0, cutoff = 0;
   do {
-    rc = broker_dead_retry(&c->conn, queue, id, ADMIN_RETRY_BATCH, skipped, &m, &s, &left);
+    rc = broker_dead_retry(&c->conn, queue, id, ADMIN_RETRY_BATCH, skipped, &cutoff, &m, &s,
+                           &left);
     if (rc != 0) return client_fail_broker(c, &c->conn, rc);
     total += m;
     skipped += s;
-  } while (id == NULL && m > 0);
+    /* Entries that cannot be retried stay at the front: pass over them. */
+  } while (id == NULL && (m > 0 || s > 0) && left > skipped);
   if (moved) *moved = total;
   if (id && m == 0)
     return client_fail(c, CELER_ENOTFOUND,

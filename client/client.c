@@ -81,6 +81,14 @@ celer_client *celer_client_new(const celer_client_options *opts) {
     c->max_payload = env && celer_parse_i64(env, &v) == 0 && v > 0 ? (size_t)v
                                                                      : CELER_DEFAULT_MAX_PAYLOAD;
   }
+  c->result_ttl_ms = (int64_t)CELER_DEFAULT_RESULT_TTL_S * 1000;
+  if (opts->result_ttl_s > 0) {
+    c->result_ttl_ms = opts->result_ttl_s * 1000;
+  } else {
+    int64_t v;
+    const char *env = getenv("CELER_RESULT_TTL");
+    if (env && celer_parse_i64(env, &v) == 0 && v > 0) c->result_ttl_ms = v * 1000;
+  }
   if (strlen(ns) > CELER_NAMESPACE_MAX || !celer_valid_queue_name(ns)) {
     c->setup_error = client_fail(c, CELER_EINVAL,
                           "namespace must be 1 to %d characters from [A-Za-z0-9_.-]",

@@ -14,6 +14,7 @@ struct celer_client {
   char *password_file;     /* owned; NULL = none */
   int timeout_ms;
   size_t max_payload;
+  int64_t result_ttl_ms;   /* for records the client writes (CANCELED) */
   int setup_error;         /* 0, or why the options were unusable */
   char errstr[CELER_ERRSTR_LEN];
 };

@@ -23,6 +23,7 @@
 #include <time.h>
 #include <jansson.h>
 #include "broker/broker.h"
+#include "celer/admin.h"
 #include "celer/client.h"
 #include "celer/envelope.h"
 #include "common/common.h"
@@ -59,6 +60,16 @@ typedef enum tc_exit {
 #define TC_MSG_MAX 1024
 /* Rows of a record table: the known fields plus any extras. */
 #define TC_RECORD_ROWS_MAX 48
+/* dead: rows shown when --limit is not given. */
+#define TC_DEAD_LIMIT_DEFAULT 20
+/* dead: the largest --offset; far beyond any dead set the broker keeps. */
+#define TC_DEAD_OFFSET_MAX 1000000000LL
+/* dead: the table aims at this many columns; the error column takes what
+ * the others leave, but never less than TC_DEAD_ERROR_MIN, and a task
+ * name is cut at TC_DEAD_TASK_MAX. */
+#define TC_TABLE_COLUMNS 100
+#define TC_DEAD_ERROR_MIN 24
+#define TC_DEAD_TASK_MAX 40
 
 /* ------------------------------------------------------------------ */
 /* Command-line model                                                   */
@@ -79,6 +90,13 @@ typedef enum opt_key {
   OPT_TIMEOUT,
   OPT_ID,
   OPT_WAIT,
+  OPT_LIMIT,
+  OPT_OFFSET,
+  OPT_ALL,
+  OPT_READY,
+  OPT_SCHEDULED,
+  OPT_DEAD,
+  OPT_YES,
   OPT_COUNT
 } opt_key;
 
@@ -339,17 +357,34 @@ static int check_id(const char *id) {
   return 0;
 }
 
-/* Validates --queue when given; *queue stays NULL otherwise. */
-static int take_queue(const cmdline *cl, const char **queue) {
-  *queue = NULL;
-  if (!cl->given[OPT_QUEUE]) return 0;
-  const char *q = cl->value[OPT_QUEUE];
+static int check_queue(const char *q) {
   if (strlen(q) > CELER_QUEUE_NAME_MAX || !celer_valid_queue_name(q))
     return fail(TC_EXIT_USAGE,
                 "'%s' is not a valid queue name: use 1 to %d characters from "
                 "A-Z a-z 0-9 _ . -",
                 q, CELER_QUEUE_NAME_MAX);
-  *queue = q;
+  return 0;
+}
+
+/* Validates --queue when given; *queue stays NULL otherwise. */
+static int take_queue(const cmdline *cl, const char **queue) {
+  *queue = NULL;
+  if (!cl->given[OPT_QUEUE]) return 0;
+  int rc = check_queue(cl->value[OPT_QUEUE]);
+  if (rc == 0) *queue = cl->value[OPT_QUEUE];
+  return rc;
+}
+
+/* Reads the whole-number option --name (key) from 0 to max; *out keeps
+ * its value when the option was not given. */
+static int take_count(const cmdline *cl, opt_key key, const char *name, int64_t max,
+                      int64_t *out) {
+  if (!cl->given[key]) return 0;
+  int64_t v;
+  if (celer_parse_i64(cl->value[key], &v) != 0 || v > max)
+    return fail(TC_EXIT_USAGE, "--%s must be a whole number from 0 to %lld, not '%s'", name,
+                (long long)max, cl->value[key]);
+  *out = v;
   return 0;
 }
 
@@ -557,6 +592,7 @@ static int session_connect(session *s) {
       .password_file = s->cfg.password_file,
       .ns = s->cfg.ns,
       .max_payload = s->cfg.max_payload > 0 ? (size_t)s->cfg.max_payload : 0,
+      .result_ttl_s = s->cfg.result_ttl_s,
   };
   s->client = celer_client_new(&o);
   if (s->client == NULL) return fail(TC_EXIT_NEGATIVE, "out of memory creating a client");
@@ -831,6 +867,315 @@ static int cmd_result(session *s) {
   return rc;
 }
 
+/* ------------------------------------------------------------------ */
+/* Operator commands: cancel, pause, resume, dead, retry, purge         */
+
+/* Prints doc (built by json_pack; NULL when that ran out of memory) and
+ * drops it. */
+static int print_json_doc(json_t *doc) {
+  if (doc == NULL) return fail(TC_EXIT_NEGATIVE, "out of memory formatting JSON");
+  int rc = print_json(doc);
+  json_decref(doc);
+  return rc;
+}
+
+/* "task" or "tasks" after a count. */
+static const char *tasks_word(int64_t n) { return n == 1 ? "task" : "tasks"; }
+
+/* Where task id lives and how far it got: with a record, the record's
+ * queue (when queue is NULL; else queue) and its state; without one,
+ * queue or the default, and PENDING. */
+static int locate_task(session *s, const char *queue, const char *id,
+                       char where[CELER_QUEUE_NAME_MAX + 1], celer_state *st) {
+  json_t *rec = NULL;
+  *st = CELER_PENDING;
+  snprintf(where, CELER_QUEUE_NAME_MAX + 1, "%s", queue ? queue : CELER_DEFAULT_QUEUE);
+  int rc = celer_get_record(s->client, queue, id, &rec);
+  if (rc == CELER_ENOTFOUND) return 0;
+  if (rc) return client_failure(s, rc, false);
+  const char *q = json_string_value(json_object_get(rec, "queue"));
+  if (queue == NULL && q && strlen(q) <= CELER_QUEUE_NAME_MAX && celer_valid_queue_name(q))
+    snprintf(where, CELER_QUEUE_NAME_MAX + 1, "%s", q);
+  record_state_name(rec, st);
+  if (*st == CELER_STATE_COUNT) *st = CELER_PENDING; /* unreadable: not final */
+  json_decref(rec);
+  return 0;
+}
+
+/* The record is read first: it tells which queue a task lives in when no
+ * --queue is given. */
+static int cmd_cancel(session *s) {
+  const char *id = s->cl->pos[0], *queue = NULL;
+  int rc = check_id(id);
+  if (rc == 0) rc = take_queue(s->cl, &queue);
+  if (rc == 0) rc = session_connect(s);
+  if (rc) return rc;
+  char where[CELER_QUEUE_NAME_MAX + 1];
+  celer_state st;
+  if ((rc = locate_task(s, queue, id, where, &st))) return rc;
+  bool canceled = false;
+  if (!celer_state_is_final(st)) {
+    if ((rc = celer_cancel(s->client, where, id, &st, &canceled)))
+      return client_failure(s, rc, false);
+  }
+  if (s->json) {
+    rc = print_json_doc(json_pack("{s:s, s:s, s:b}", "id", id, "state", celer_state_name(st),
+                                  "canceled", canceled));
+    if (rc) return rc;
+  } else if (canceled) {
+    printf("canceled task %s in queue %s\n", id, where);
+  }
+  if (canceled) return 0;
+  return fail(TC_EXIT_NEGATIVE, "task %s is already %s; nothing changed", id,
+              celer_state_name(st));
+}
+
+static int set_paused(session *s, bool paused) {
+  const char *queue = s->cl->pos[0];
+  int rc = check_queue(queue);
+  if (rc == 0) rc = session_connect(s);
+  if (rc) return rc;
+  rc = paused ? celer_pause(s->client, queue) : celer_resume(s->client, queue);
+  if (rc) return client_failure(s, rc, false);
+  if (s->json) return print_json_doc(json_pack("{s:s, s:b}", "queue", queue, "paused", paused));
+  printf("%s queue %s\n", paused ? "paused" : "resumed", queue);
+  return 0;
+}
+
+static int cmd_pause(session *s) { return set_paused(s, true); }
+
+static int cmd_resume(session *s) { return set_paused(s, false); }
+
+/* Copies text into out (size bytes) as one table cell: control characters
+ * become spaces, and text longer than max bytes is cut on a character
+ * boundary and ends in "...". */
+static void cell_text(const char *text, size_t max, char *out, size_t size) {
+  size_t len = strlen(text), keep = len;
+  bool cut = false;
+  if (max > size - 1) max = size - 1;
+  if (len > max) {
+    keep = max > 3 ? max - 3 : 0;
+    /* Never keep the first bytes of a UTF-8 sequence without the rest. */
+    while (keep > 0 && ((unsigned char)text[keep] & 0xC0) == 0x80) keep--;
+    cut = true;
+  }
+  size_t n = 0;
+  for (size_t i = 0; i < keep; i++) {
+    unsigned char ch = (unsigned char)text[i];
+    out[n++] = ch < 0x20 || ch == 0x7f ? ' ' : (char)ch;
+  }
+  for (int i = 0; cut && i < 3 && n < max; i++) out[n++] = '.';
+  out[n] = '\0';
+}
+
+static int base64url_value(char ch) {
+  if (ch >= 'A' && ch <= 'Z') return ch - 'A';
+  if (ch >= 'a' && ch <= 'z') return ch - 'a' + 26;
+  if (ch >= '0' && ch <= '9') return ch - '0' + 52;
+  if (ch == '-') return 62;
+  if (ch == '_') return 63;
+  return -1;
+}
+
+/* Decodes len bytes of unpadded base64url; NULL when in is not that (or
+ * out of memory). Caller frees; *out_len gets the length. */
+static char *base64url_decode(const char *in, size_t len, size_t *out_len) {
+  char *out = malloc(len / 4 * 3 + 3);
+  if (out == NULL) return NULL;
+  uint32_t acc = 0;
+  int bits = 0;
+  size_t n = 0;
+  for (size_t i = 0; i < len; i++) {
+    int v = base64url_value(in[i]);
+    if (v < 0) {
+      free(out);
+      return NULL;
+    }
+    acc = (acc << 6) | (uint32_t)v;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[n++] = (char)((acc >> bits) & 0xFF);
+    }
+  }
+  *out_len = n;
+  return out;
+}
+
+/* A dead task's envelope as an object: plain JSON, or the payload of the
+ * compact JWS of a signed task. NULL when it is neither. Caller decrefs. */
+static json_t *envelope_object(const char *text) {
+  if (text == NULL) return NULL;
+  json_t *env = json_loads(text, 0, NULL);
+  if (json_is_object(env)) return env;
+  json_decref(env);
+  const char *dot1 = strchr(text, '.'), *dot2 = dot1 ? strchr(dot1 + 1, '.') : NULL;
+  if (dot2 == NULL) return NULL;
+  size_t len = 0;
+  char *payload = base64url_decode(dot1 + 1, (size_t)(dot2 - dot1 - 1), &len);
+  env = payload ? json_loadb(payload, len, 0, NULL) : NULL;
+  free(payload);
+  if (json_is_object(env)) return env;
+  json_decref(env);
+  return NULL;
+}
+
+/* One row of the dead table as text. */
+typedef struct dead_cells {
+  char id[CELER_ID_MAX + 1];
+  char task[TC_DEAD_TASK_MAX + 1];
+  char since[48];
+  char attempt[24];
+  char error[TC_MSG_MAX / 2];
+} dead_cells;
+
+static void dead_cells_of(const json_t *entry, int64_t now_ms, dead_cells *c) {
+  const json_t *rec = json_object_get(entry, "record");
+  const char *id = json_string_value(json_object_get(entry, "id"));
+  cell_text(id ? id : "?", CELER_ID_MAX, c->id, sizeof c->id);
+  /* The task name: from the record, else from the envelope. */
+  const char *name = json_string_value(json_object_get(rec, "task"));
+  json_t *env = NULL;
+  if (name == NULL) {
+    env = envelope_object(json_string_value(json_object_get(entry, "envelope")));
+    name = json_string_value(json_object_get(env, "task"));
+  }
+  cell_text(name ? name : "?", TC_DEAD_TASK_MAX, c->task, sizeof c->task);
+  json_decref(env);
+  const json_t *at = json_object_get(entry, "dead_at");
+  if (json_is_integer(at) && json_integer_value(at) > 0)
+    format_relative(now_ms - json_integer_value(at), c->since, sizeof c->since);
+  else
+    snprintf(c->since, sizeof c->since, "?");
+  const json_t *attempt = json_object_get(rec, "attempt");
+  if (json_is_integer(attempt))
+    snprintf(c->attempt, sizeof c->attempt, "%lld", (long long)json_integer_value(attempt));
+  else
+    snprintf(c->attempt, sizeof c->attempt, "-");
+  if (json_is_object(rec)) error_summary(rec, c->error, sizeof c->error);
+  else snprintf(c->error, sizeof c->error, "no record kept");
+}
+
+static void widen(int *width, const char *text) {
+  if ((int)strlen(text) > *width) *width = (int)strlen(text);
+}
+
+/* The dead table: a header, one line per task, the error cut so a line
+ * stays near TC_TABLE_COLUMNS. */
+static void print_dead_table(const json_t *rows, const char *queue, int64_t offset,
+                             int64_t total) {
+  int64_t now = celer_now_ms();
+  size_t n = json_array_size(rows);
+  int wid = 2, wtask = 4, wsince = 10, wattempt = 7; /* the headers */
+  dead_cells c;
+  for (size_t i = 0; i < n; i++) {
+    dead_cells_of(json_array_get(rows, i), now, &c);
+    widen(&wid, c.id);
+    widen(&wtask, c.task);
+    widen(&wsince, c.since);
+    widen(&wattempt, c.attempt);
+  }
+  int werror = TC_TABLE_COLUMNS - (wid + wtask + wsince + wattempt + 4 * 2);
+  if (werror < TC_DEAD_ERROR_MIN) werror = TC_DEAD_ERROR_MIN;
+  if (n > 0) {
+    printf("%-*s  %-*s  %-*s  %*s  %s\n", wid, "ID", wtask, "TASK", wsince, "DEAD SINCE",
+           wattempt, "ATTEMPT", "ERROR");
+  }
+  for (size_t i = 0; i < n; i++) {
+    char error[sizeof c.error];
+    dead_cells_of(json_array_get(rows, i), now, &c);
+    cell_text(c.error, (size_t)werror, error, sizeof error);
+    printf("%-*s  %-*s  %-*s  %*s  %s\n", wid, c.id, wtask, c.task, wsince, c.since, wattempt,
+           c.attempt, error);
+  }
+  printf("%zu of %lld dead %s in queue %s", n, (long long)total, tasks_word(total), queue);
+  if (offset > 0) printf(", after the %lld newest", (long long)offset);
+  printf("\n");
+}
+
+static int cmd_dead(session *s) {
+  const char *queue = NULL;
+  int64_t limit = TC_DEAD_LIMIT_DEFAULT, offset = 0;
+  int rc = take_queue(s->cl, &queue);
+  if (rc == 0) rc = take_count(s->cl, OPT_LIMIT, "limit", CELER_DEAD_LIST_MAX, &limit);
+  if (rc == 0) rc = take_count(s->cl, OPT_OFFSET, "offset", TC_DEAD_OFFSET_MAX, &offset);
+  if (rc == 0) rc = session_connect(s);
+  if (rc) return rc;
+  if (queue == NULL) queue = CELER_DEFAULT_QUEUE;
+  json_t *rows = NULL;
+  int64_t total = 0;
+  rc = celer_dead_list(s->client, queue, offset, limit, &rows, &total);
+  if (rc) return client_failure(s, rc, false);
+  if (s->json) {
+    rc = print_json_doc(json_pack("{s:s, s:I, s:O}", "queue", queue, "total", (json_int_t)total,
+                                  "tasks", rows));
+  } else {
+    print_dead_table(rows, queue, offset, total);
+  }
+  json_decref(rows);
+  return rc;
+}
+
+static int cmd_retry(session *s) {
+  const char *id = s->cl->npos > 0 ? s->cl->pos[0] : NULL, *queue = NULL;
+  bool all = s->cl->given[OPT_ALL];
+  if (id == NULL && !all) return fail(TC_EXIT_USAGE, "retry needs a task ID or --all");
+  if (id && all) return fail(TC_EXIT_USAGE, "give a task ID or --all, not both");
+  int rc = id ? check_id(id) : 0;
+  if (rc == 0) rc = take_queue(s->cl, &queue);
+  if (rc == 0) rc = session_connect(s);
+  if (rc) return rc;
+  if (queue == NULL) queue = CELER_DEFAULT_QUEUE;
+  int64_t moved = 0;
+  rc = celer_dead_retry(s->client, queue, id, &moved);
+  if (rc) return client_failure(s, rc, false);
+  if (s->json)
+    return print_json_doc(
+        json_pack("{s:s, s:I}", "queue", queue, "moved", (json_int_t)moved));
+  printf("moved %lld %s back to queue %s\n", (long long)moved, tasks_word(moved), queue);
+  return 0;
+}
+
+/* "the ready, scheduled and dead tasks": the parts purge would empty. */
+static void describe_parts(unsigned parts, char *buf, size_t size) {
+  const char *names[3];
+  int k = 0;
+  if (parts & CELER_PURGE_READY) names[k++] = "ready";
+  if (parts & CELER_PURGE_SCHEDULED) names[k++] = "scheduled";
+  if (parts & CELER_PURGE_DEAD) names[k++] = "dead";
+  if (k == 1) snprintf(buf, size, "the %s tasks", names[0]);
+  else if (k == 2) snprintf(buf, size, "the %s and %s tasks", names[0], names[1]);
+  else snprintf(buf, size, "the %s, %s and %s tasks", names[0], names[1], names[2]);
+}
+
+static int cmd_purge(session *s) {
+  const char *queue = s->cl->pos[0];
+  unsigned parts = 0;
+  if (s->cl->given[OPT_READY]) parts |= CELER_PURGE_READY;
+  if (s->cl->given[OPT_SCHEDULED]) parts |= CELER_PURGE_SCHEDULED;
+  if (s->cl->given[OPT_DEAD]) parts |= CELER_PURGE_DEAD;
+  if (parts == 0) parts = CELER_PURGE_READY | CELER_PURGE_SCHEDULED | CELER_PURGE_DEAD;
+  int rc = check_queue(queue);
+  if (rc) return rc;
+  if (!s->cl->given[OPT_YES]) {
+    char what[64];
+    describe_parts(parts, what, sizeof what);
+    return fail(TC_EXIT_USAGE,
+                "purge would remove %s of queue %s for good; add --yes to do it", what, queue);
+  }
+  if ((rc = session_connect(s))) return rc;
+  int64_t counts[3] = {0, 0, 0};
+  rc = celer_purge(s->client, queue, parts, counts);
+  if (rc) return client_failure(s, rc, false);
+  if (s->json)
+    return print_json_doc(json_pack("{s:s, s:I, s:I, s:I}", "queue", queue, "ready",
+                                    (json_int_t)counts[0], "scheduled", (json_int_t)counts[1],
+                                    "dead", (json_int_t)counts[2]));
+  printf("purged queue %s: %lld ready, %lld scheduled, %lld dead\n", queue,
+         (long long)counts[0], (long long)counts[1], (long long)counts[2]);
+  return 0;
+}
+
 static int cmd_help(session *s);
 
 /* ------------------------------------------------------------------ */
@@ -867,6 +1212,36 @@ static const opt_spec result_options[] = {
     {NULL, 0, 0, NULL, NULL},
 };
 
+static const opt_spec cancel_options[] = {
+    {"queue", OPT_QUEUE, ARG_REQUIRED, "Q",
+     "the task's queue (default: the queue of its record, else default)"},
+    {NULL, 0, 0, NULL, NULL},
+};
+
+static const opt_spec dead_options[] = {
+    {"queue", OPT_QUEUE, ARG_REQUIRED, "Q", "the queue whose dead set to list (default: default)"},
+    {"limit", OPT_LIMIT, ARG_REQUIRED, "N", "list at most N tasks (default 20, at most 10000)"},
+    {"offset", OPT_OFFSET, ARG_REQUIRED, "N", "pass over the N newest first (default 0)"},
+    {NULL, 0, 0, NULL, NULL},
+};
+
+static const opt_spec retry_options[] = {
+    {"all", OPT_ALL, ARG_NONE, NULL, "move every dead task of the queue"},
+    {"queue", OPT_QUEUE, ARG_REQUIRED, "Q",
+     "the queue whose dead set to take from (default: default)"},
+    {NULL, 0, 0, NULL, NULL},
+};
+
+static const opt_spec purge_options[] = {
+    {"ready", OPT_READY, ARG_NONE, NULL, "remove the tasks no worker has taken yet"},
+    {"scheduled", OPT_SCHEDULED, ARG_NONE, NULL,
+     "remove the delayed tasks and the retries waiting for their time"},
+    {"dead", OPT_DEAD, ARG_NONE, NULL, "remove the dead-lettered tasks"},
+    {"yes", OPT_YES, ARG_NONE, NULL,
+     "really remove them (without it, purge only says what it would remove)"},
+    {NULL, 0, 0, NULL, NULL},
+};
+
 static const command commands[] = {
     {"ping", cmd_ping, 0, 0, "", "", "check that the broker answers",
      "Sends PING to the broker and prints how long the answer took; exit 0 when it\n"
@@ -899,6 +1274,50 @@ static const command commands[] = {
      "A task with no record yet is awaited in its --queue (default: default).\n"
      "JSON: the result value itself (the text form is the same JSON)",
      result_options, PROGRAM " --json result 1b4e28ba-2fa1-11d2-883f-0016d3cca427 --wait 10"},
+    {"cancel", cmd_cancel, 1, 1, "ID", "ID [--queue Q]", "cancel a task that has not finished",
+     "Gives task ID a final CANCELED record, so a worker that takes it later\n"
+     "drops it without running it. Works for a task that is waiting, scheduled,\n"
+     "retrying or not sent yet; one that is running finishes, but its outcome\n"
+     "is not recorded. Exit 1 when the task had already ended: nothing changes.\n"
+     "A task with no record yet (waiting or scheduled) is canceled in --queue,\n"
+     "else in default: name the queue of a task sent elsewhere.\n"
+     "JSON: {\"id\": ..., \"state\": \"CANCELED\" or the state it had, \"canceled\": bool}",
+     cancel_options, PROGRAM " cancel 1b4e28ba-2fa1-11d2-883f-0016d3cca427 --queue emails"},
+    {"pause", cmd_pause, 1, 1, "Q", "Q", "make workers stop taking tasks from a queue",
+     "Pauses queue Q: within a second workers stop taking tasks from it. Tasks\n"
+     "already running finish; nothing in the queue is lost or reordered, and\n"
+     "producers may go on sending. 'resume' undoes it.\n"
+     "JSON: {\"queue\": ..., \"paused\": true}",
+     ping_options, PROGRAM " pause emails"},
+    {"resume", cmd_resume, 1, 1, "Q", "Q", "let workers take tasks from a paused queue again",
+     "Resumes queue Q after 'pause': workers take its tasks again, in order.\n"
+     "Resuming a queue that is not paused changes nothing.\n"
+     "JSON: {\"queue\": ..., \"paused\": false}",
+     ping_options, PROGRAM " resume emails"},
+    {"dead", cmd_dead, 0, 0, "", "[--queue Q] [--limit N] [--offset N]",
+     "list dead-lettered tasks with their errors",
+     "Lists the tasks of queue Q that ended FAILED or REJECTED and were kept in\n"
+     "its dead set, newest first: id, task, how long ago it died, attempt\n"
+     "(retries before it died) and its error, cut to fit the line. The last\n"
+     "line says how many of how many are shown. 'retry' runs them again.\n"
+     "JSON: {\"queue\": ..., \"total\": N, \"tasks\": [{\"id\", \"dead_at\" (ms),\n"
+     "\"record\" (object or null), \"envelope\" (string or null)}, ...]}",
+     dead_options, PROGRAM " dead --queue emails --limit 50"},
+    {"retry", cmd_retry, 0, 1, "ID", "ID | --all [--queue Q]", "move dead tasks back to ready",
+     "Moves dead task ID, or with --all every dead task of the queue, back to\n"
+     "the queue's ready tasks: it runs again from its first attempt, and its\n"
+     "old record is removed. Exit 1 when ID is not in the dead set. A dead task\n"
+     "whose envelope could not be read cannot run again and stays.\n"
+     "JSON: {\"queue\": ..., \"moved\": N}",
+     retry_options, PROGRAM " retry --all --queue emails"},
+    {"purge", cmd_purge, 1, 1, "Q", "Q [--ready] [--scheduled] [--dead] --yes",
+     "empty parts of a queue",
+     "Removes for good the ready (not yet taken), scheduled (delayed and\n"
+     "retrying) and dead tasks of queue Q, or only the parts named. Tasks that\n"
+     "workers have already taken keep running and recording. Without --yes it\n"
+     "removes nothing, says what it would remove, and exits 2.\n"
+     "JSON: {\"queue\": ..., \"ready\": R, \"scheduled\": S, \"dead\": D}",
+     purge_options, PROGRAM " purge emails --scheduled --dead --yes"},
     {"help", cmd_help, 0, 1, "COMMAND", "[COMMAND]", "show help for a command",
      "Shows the usage of COMMAND, or of " PROGRAM " itself.", ping_options,
      PROGRAM " help enqueue"},
@@ -939,14 +1358,14 @@ static void print_tool_help(void) {
   printf("Usage: " PROGRAM " [--broker URL] [--namespace NS] [--json] [--config FILE] "
          "COMMAND [ARGS]\n\n"
          "The operator's tool for Celer: check the broker, send tasks, read records\n"
-         "and results.\n\nCommands:\n");
+         "and results, cancel tasks, pause queues, and handle dead tasks.\n\nCommands:\n");
   for (size_t i = 0; i < COMMAND_COUNT; i++)
     printf("  %-9s %s\n", commands[i].name, commands[i].summary);
   print_options("Global options (before or after the command)", global_options);
   printf("\nSettings: flag > environment > config file > default.\n"
          "Exit status: 0 success; 1 negative answer (task failed, not found, not\n"
-         "finished); 2 usage error; 3 broker unreachable or authentication refused;\n"
-         "4 timed out waiting.\n\n"
+         "finished, already ended); 2 usage error; 3 broker unreachable or\n"
+         "authentication refused; 4 timed out waiting.\n\n"
          "Example:\n  " PROGRAM " --broker redis://127.0.0.1:6379/0 enqueue test.noop --wait 10\n"
          "Run '" PROGRAM " COMMAND --help' for the options of one command.\n");
 }

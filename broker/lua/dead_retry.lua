@@ -5,14 +5,18 @@
 -- ARGV[1] a task id, or "" for a batch of the oldest; ARGV[2] batch size;
 -- ARGV[3] how many of the oldest to pass over (entries that cannot be
 -- retried); ARGV[4] the result key prefix "<ns>:{q}:result:" (the record
--- keys are in the queue's slot).
--- Returns {moved, passed over (no envelope kept), left in the dead set}.
+-- keys are in the queue's slot); ARGV[5] only entries dead at or before
+-- this time (ms; "" = now): a task that fails again while a "retry all"
+-- is under way is not moved a second time.
+-- Returns {moved, passed over (no envelope kept), left in the dead set,
+-- the cutoff time used}.
+local cutoff = ARGV[5] ~= '' and tonumber(ARGV[5]) or now_ms()
 local ids
 if ARGV[1] ~= '' then
   ids = {ARGV[1]}
 else
-  local from = tonumber(ARGV[3])
-  ids = redis.call('ZRANGE', KEYS[1], from, from + tonumber(ARGV[2]) - 1)
+  ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff, 'LIMIT', tonumber(ARGV[3]),
+                   tonumber(ARGV[2]))
 end
 local moved, skipped = 0, 0
 for _, id in ipairs(ids) do
@@ -29,4 +33,4 @@ for _, id in ipairs(ids) do
     skipped = skipped + 1
   end
 end
-return {moved, skipped, redis.call('ZCARD', KEYS[1])}
+return {moved, skipped, redis.call('ZCOUNT', KEYS[1], '-inf', cutoff), cutoff}

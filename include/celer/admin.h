@@ -11,18 +11,22 @@
 /* Cancels a task that has not finished: it gets a final CANCELED record at
  * once, and a worker that takes it later drops it without running it
  * (checked when it is fetched and again before it runs). queue NULL means
- * "default". *state_out (may be NULL) gets CELER_CANCELED, or the final
- * state the task already had, in which case nothing changed. A task that
- * is running when it is canceled finishes, but its outcome is not
- * recorded: the record stays CANCELED. */
+ * "default": a task not yet taken has no record to find its queue by.
+ * *canceled (may be NULL) is true when this call canceled it; otherwise
+ * the task already had a final state, given in *state_out (may be NULL),
+ * and nothing changed. A task that is running when it is canceled
+ * finishes, but its outcome is not recorded: the record stays CANCELED. */
 CELER_API int celer_cancel(celer_client *c, const char *queue, const char *id,
-                           celer_state *state_out);
+                           celer_state *state_out, bool *canceled);
 
 /* Workers stop taking tasks from a paused queue within a second; nothing in
  * it is lost or reordered. */
 CELER_API int celer_pause(celer_client *c, const char *queue);
 CELER_API int celer_resume(celer_client *c, const char *queue);
 CELER_API int celer_is_paused(celer_client *c, const char *queue, bool *paused);
+
+/* Longest dead listing one call returns. */
+#define CELER_DEAD_LIST_MAX 10000
 
 /* Dead-lettered tasks of queue (NULL = "default"), newest first, from
  * offset, at most limit. On 0 *list (caller owns) is an array of objects
@@ -31,8 +35,9 @@ CELER_API int celer_is_paused(celer_client *c, const char *queue, bool *paused);
 CELER_API int celer_dead_list(celer_client *c, const char *queue, int64_t offset,
                               int64_t limit, json_t **list, int64_t *total);
 
-/* Moves a dead task (id) or every dead task (id NULL) of queue back to
- * ready, attempts reset and its old record removed. *moved (may be NULL)
+/* Moves a dead task (id) or every dead task (id NULL; those dead when the
+ * call starts) of queue back to ready, attempts reset and its old record
+ * removed. *moved (may be NULL)
  * gets how many; CELER_ENOTFOUND when id is not in the dead set. Dead
  * entries whose envelope was unreadable (garbage) cannot be retried and
  * stay. */

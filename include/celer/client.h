@@ -28,6 +28,8 @@ typedef struct celer_client_options {
   const char *ns;            /* key prefix, default "celer" */
   int timeout_ms;            /* deadline of one request, default 5000 */
   size_t max_payload;        /* largest envelope, default 1 MiB */
+  int64_t result_ttl_s;      /* TTL of records the client writes (cancel);
+                                default CELER_RESULT_TTL or 24 h */
 } celer_client_options;
 
 /* Options of one enqueue. Initialise with celer_enqueue_options_init. */

@@ -256,66 +256,81 @@ static int answers_ping(const harness_redis *r) {
   return ok;
 }
 
+/* Starts redis-server on r's socket or port, in r's dir; 0 once it answers
+ * PING before the deadline, -1 otherwise. */
+static int spawn_server(harness_redis *r) {
+  char port[16], log[PATH_MAX];
+  const char *argv[64];
+  size_t n = 0;
+  snprintf(port, sizeof port, "%d", r->port);
+  snprintf(log, sizeof log, "%s/redis.log", r->dir);
+  argv[n++] = "redis-server";
+  argv[n++] = "--port";
+  argv[n++] = port;
+  argv[n++] = "--bind";
+  argv[n++] = "127.0.0.1";
+  if (!r->tcp) {
+    argv[n++] = "--unixsocket";
+    argv[n++] = r->socket;
+    argv[n++] = "--unixsocketperm";
+    argv[n++] = "700";
+  }
+  argv[n++] = "--dir";
+  argv[n++] = r->dir;
+  argv[n++] = "--save";
+  argv[n++] = "";
+  argv[n++] = "--appendonly";
+  argv[n++] = "no";
+  argv[n++] = "--daemonize";
+  argv[n++] = "no";
+  argv[n++] = "--logfile";
+  argv[n++] = log;
+  for (size_t i = 0; r->extra && r->extra[i] && n < 63; i++) argv[n++] = r->extra[i];
+  argv[n] = NULL;
+  r->pid = harness_spawn(argv, NULL, NULL, NULL);
+  if (r->pid < 0) return -1;
+  long long deadline = mono_ms() + HARNESS_DEADLINE_MS;
+  while (mono_ms() < deadline) {
+    if (answers_ping(r)) return 0;
+    if (waitpid(r->pid, NULL, WNOHANG) == r->pid) {
+      r->pid = 0;
+      return -1;
+    }
+    pause_ms(10);
+  }
+  harness_stop(r->pid, SIGKILL, HARNESS_DEADLINE_MS);
+  r->pid = 0;
+  return -1;
+}
+
 int harness_redis_start(harness_redis *r, bool tcp, const char *const *extra_args) {
   memset(r, 0, sizeof *r);
+  r->tcp = tcp;
+  r->extra = extra_args;
   if (harness_tmpdir(r->dir, sizeof r->dir) != 0) {
     fprintf(stderr, "harness: cannot make a temp dir: %s\n", strerror(errno));
     return -1;
   }
   /* A port can be taken between our probe and redis's bind: try again. */
   for (int attempt = 0; attempt < 5; attempt++) {
-    char port[16], log[PATH_MAX];
-    const char *argv[64];
-    size_t n = 0;
     if (tcp) {
       r->port = free_port();
-      r->socket[0] = '\0';
       snprintf(r->url, sizeof r->url, "redis://127.0.0.1:%d/0", r->port);
     } else {
-      r->port = 0;
       snprintf(r->socket, sizeof r->socket, "%s/redis.sock", r->dir);
       snprintf(r->url, sizeof r->url, "unix://%s", r->socket);
     }
-    snprintf(port, sizeof port, "%d", r->port);
-    snprintf(log, sizeof log, "%s/redis.log", r->dir);
-    argv[n++] = "redis-server";
-    argv[n++] = "--port";
-    argv[n++] = port;
-    argv[n++] = "--bind";
-    argv[n++] = "127.0.0.1";
-    if (!tcp) {
-      argv[n++] = "--unixsocket";
-      argv[n++] = r->socket;
-      argv[n++] = "--unixsocketperm";
-      argv[n++] = "700";
-    }
-    argv[n++] = "--dir";
-    argv[n++] = r->dir;
-    argv[n++] = "--save";
-    argv[n++] = "";
-    argv[n++] = "--appendonly";
-    argv[n++] = "no";
-    argv[n++] = "--daemonize";
-    argv[n++] = "no";
-    argv[n++] = "--logfile";
-    argv[n++] = log;
-    for (size_t i = 0; extra_args && extra_args[i] && n < 63; i++) argv[n++] = extra_args[i];
-    argv[n] = NULL;
-    r->pid = harness_spawn(argv, NULL, NULL, NULL);
-    if (r->pid < 0) break;
-    long long deadline = mono_ms() + HARNESS_DEADLINE_MS;
-    while (mono_ms() < deadline) {
-      if (answers_ping(r)) return 0;
-      if (waitpid(r->pid, NULL, WNOHANG) == r->pid) {
-        r->pid = 0;
-        break;
-      }
-      pause_ms(10);
-    }
-    if (r->pid > 0) harness_stop(r->pid, SIGKILL, HARNESS_DEADLINE_MS);
-    r->pid = 0;
+    if (spawn_server(r) == 0) return 0;
   }
   fprintf(stderr, "harness: redis-server did not answer PING; see %s/redis.log\n", r->dir);
+  return -1;
+}
+
+int harness_redis_restart(harness_redis *r) {
+  if (r->pid > 0) harness_stop(r->pid, SIGTERM, HARNESS_DEADLINE_MS);
+  r->pid = 0;
+  if (spawn_server(r) == 0) return 0;
+  fprintf(stderr, "harness: redis-server did not come back; see %s/redis.log\n", r->dir);
   return -1;
 }
 

@@ -21,11 +21,17 @@ typedef struct harness_redis {
   char socket[PATH_MAX];   /* Unix socket path ("" when tcp) */
   int port;                /* loopback port (0 when on the socket) */
   char url[PATH_MAX + 32]; /* unix:///... or redis://127.0.0.1:port/0 */
+  bool tcp;
+  const char *const *extra; /* borrowed: further redis-server arguments */
 } harness_redis;
 
 /* Starts redis-server (extra_args: NULL-terminated list of further
- * "--name value" words, may be NULL). Returns 0, or -1 after printing why. */
+ * "--name value" words, may be NULL, borrowed while r lives). Returns 0,
+ * or -1 after printing why. */
 int harness_redis_start(harness_redis *r, bool tcp, const char *const *extra_args);
+/* Stops the server with SIGTERM (it writes its AOF) and starts it again
+ * on the same dir, socket or port and arguments. 0 or -1. */
+int harness_redis_restart(harness_redis *r);
 /* Stops the server (SIGTERM, then SIGKILL past the deadline) and removes
  * its directory. Safe to call twice. */
 void harness_redis_stop(harness_redis *r);

@@ -28,6 +28,8 @@
 #define TC_EXTRA_QUEUE "extra"
 /* A queue no worker listens to. */
 #define TC_IDLE_QUEUE "idle"
+/* Another, for purge alone, so its counts are exactly what it sent. */
+#define TC_PURGE_QUEUE "idle-purge"
 
 typedef struct fixture {
   harness_redis redis;
@@ -251,6 +253,36 @@ static void test_help(void **state) {
   expect_code(&o, 0);
   expect_contains(o.out, "result ID");
   outcome_free(&o);
+
+  /* Every operator command is listed, and has a usage and an example. */
+  static const char *const listed[] = {"\n  cancel    ", "\n  pause     ", "\n  resume    ",
+                                       "\n  dead      ", "\n  retry     ", "\n  purge     "};
+  tc(&o, NULL, "--help", NULL);
+  expect_code(&o, 0);
+  for (size_t i = 0; i < sizeof listed / sizeof listed[0]; i++) expect_contains(o.out, listed[i]);
+  outcome_free(&o);
+  static const struct {
+    const char *name, *usage, *example;
+  } ops[] = {
+      {"cancel", "cancel ID [--queue Q]", "taskctl cancel "},
+      {"pause", "pause Q\n", "taskctl pause "},
+      {"resume", "resume Q\n", "taskctl resume "},
+      {"dead", "dead [--queue Q] [--limit N] [--offset N]", "taskctl dead "},
+      {"retry", "retry ID | --all [--queue Q]", "taskctl retry "},
+      {"purge", "purge Q [--ready] [--scheduled] [--dead] --yes", "taskctl purge "},
+  };
+  for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
+    char usage[128];
+    snprintf(usage, sizeof usage, "Usage: taskctl [global options] %s", ops[i].usage);
+    tc(&o, NULL, ops[i].name, "--help", NULL);
+    expect_code(&o, 0);
+    expect_contains(o.out, usage);
+    expect_contains(o.out, "JSON: {\"");
+    expect_contains(o.out, "Example:\n  ");
+    expect_contains(o.out, ops[i].example);
+    assert_string_equal(o.err, "");
+    outcome_free(&o);
+  }
 }
 
 /* Each case runs against a dead broker: a usage error must be found before
@@ -295,6 +327,28 @@ static void test_usage_errors(void **state) {
       {{"task", "a", "b"}, "unexpected argument 'b'"},
       {{"result", "ok-id", "--wait", "--queue", "bad queue"}, "not a valid queue name"},
       {{"--namespace", "bad ns!", "ping"}, "not a valid namespace"},
+      {{"cancel"}, "cancel needs ID"},
+      {{"cancel", "bad id!"}, "'bad id!' is not a valid task id"},
+      {{"cancel", "ok-id", "--queue", "bad queue"}, "not a valid queue name"},
+      {{"pause"}, "pause needs Q"},
+      {{"pause", "bad queue"}, "'bad queue' is not a valid queue name"},
+      {{"resume", "a/b"}, "'a/b' is not a valid queue name"},
+      {{"resume", "a", "b"}, "unexpected argument 'b'"},
+      {{"dead", "--limit", "many"}, "--limit must be a whole number from 0 to 10000, not 'many'"},
+      {{"dead", "--limit", "10001"}, "--limit must be a whole number from 0 to 10000"},
+      {{"dead", "--offset", "-1"}, "--offset must be a whole number"},
+      {{"dead", "--queue", "bad queue"}, "not a valid queue name"},
+      {{"dead", "extra"}, "unexpected argument 'extra'"},
+      {{"retry"}, "retry needs a task ID or --all"},
+      {{"retry", "some-id", "--all"}, "give a task ID or --all, not both"},
+      {{"retry", "bad id!"}, "'bad id!' is not a valid task id"},
+      {{"retry", "--all", "--queue", "bad queue"}, "not a valid queue name"},
+      {{"retry", "--all=yes"}, "takes no value"},
+      {{"purge"}, "purge needs Q"},
+      {{"purge", "bad queue", "--yes"}, "not a valid queue name"},
+      {{"purge", "q", "--ready"},
+       "purge would remove the ready tasks of queue q for good; add --yes to do it"},
+      {{"purge", "q", "--everything", "--yes"}, "purge has no option '--everything'"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     const char *const *a = cases[i].argv;
@@ -676,6 +730,380 @@ static void test_countdown_fraction(void **state) {
   json_decref(rec);
 }
 
+/* ------------------------------------------------------------------ */
+/* Operator commands: pause, resume, cancel, dead, retry, purge         */
+
+/* redis-cli COMMAND KEY answered with one integer. */
+static long long cli_int(const fixture *f, const char *command, const char *key) {
+  const char *args[] = {command, key, NULL};
+  char *out = NULL, *end = NULL;
+  assert_int_equal(harness_cli(&f->redis, args, &out), 0);
+  assert_non_null(out);
+  long long v = strtoll(out, &end, 10);
+  if (end == out || *end != '\n') print_message("redis-cli %s %s said: %s\n", command, key, out);
+  assert_true(end != out && *end == '\n');
+  free(out);
+  return v;
+}
+
+/* stdout is exactly the JSON document want (text, parsed and compared). */
+static void expect_json_doc(const outcome *o, const char *want) {
+  json_t *doc = stdout_json(o), *expected = json_loads(want, 0, NULL);
+  assert_non_null(expected);
+  if (!json_equal(doc, expected)) print_message("expected %s, got %s", want, o->out);
+  assert_true(json_equal(doc, expected));
+  json_decref(expected);
+  json_decref(doc);
+}
+
+static void test_pause_resume(void **state) {
+  fixture *f = *state;
+  const char *flag = "celer:{default}:paused";
+  outcome o;
+  tc(&o, f->redis.url, "pause", "default", NULL);
+  expect_code(&o, 0);
+  assert_string_equal(o.out, "paused queue default\n");
+  assert_string_equal(o.err, "");
+  outcome_free(&o);
+  assert_int_equal(cli_int(f, "EXISTS", flag), 1);
+
+  /* Pausing twice is no error. */
+  tc(&o, f->redis.url, "--json", "pause", "default", NULL);
+  expect_code(&o, 0);
+  expect_json_doc(&o, "{\"queue\": \"default\", \"paused\": true}");
+  outcome_free(&o);
+
+  /* Sent while paused, it is not lost: it runs once the queue resumes. */
+  tc(&o, f->redis.url, "enqueue", "test.noop", "--id", "tc-paused-1", NULL);
+  expect_code(&o, 0);
+  outcome_free(&o);
+
+  tc(&o, f->redis.url, "resume", "default", NULL);
+  expect_code(&o, 0);
+  assert_string_equal(o.out, "resumed queue default\n");
+  assert_string_equal(o.err, "");
+  outcome_free(&o);
+  assert_int_equal(cli_int(f, "EXISTS", flag), 0);
+
+  tc(&o, f->redis.url, "resume", "default", "--json", NULL);
+  expect_code(&o, 0);
+  expect_json_doc(&o, "{\"queue\": \"default\", \"paused\": false}");
+  outcome_free(&o);
+  assert_int_equal(cli_int(f, "EXISTS", flag), 0);
+
+  tc(&o, f->redis.url, "--json", "result", "tc-paused-1", "--wait", TC_WAIT_ARG, NULL);
+  expect_code(&o, 0);
+  assert_string_equal(o.out, "null\n");
+  outcome_free(&o);
+}
+
+/* task ID --json: the record's state and queue. */
+static void expect_record(const fixture *f, const char *id, const char *queue,
+                          const char *state_name) {
+  outcome o;
+  tc(&o, f->redis.url, "--json", "task", id, NULL);
+  expect_code(&o, 0);
+  json_t *rec = stdout_json(&o);
+  assert_string_equal(str_field(rec, "id"), id);
+  assert_string_equal(str_field(rec, "queue"), queue);
+  assert_string_equal(str_field(rec, "state"), state_name);
+  json_decref(rec);
+  outcome_free(&o);
+}
+
+static void test_cancel(void **state) {
+  fixture *f = *state;
+  char id[CELER_ID_MAX + 1], line[256], doc[256];
+  outcome o;
+  /* Waiting in the scheduled set of default. */
+  tc(&o, f->redis.url, "enqueue", "test.noop", "--countdown", "30", NULL);
+  expect_code(&o, 0);
+  take_id_line(&o, id);
+  outcome_free(&o);
+
+  tc(&o, f->redis.url, "cancel", id, NULL);
+  expect_code(&o, 0);
+  snprintf(line, sizeof line, "canceled task %s in queue default\n", id);
+  assert_string_equal(o.out, line);
+  assert_string_equal(o.err, "");
+  outcome_free(&o);
+  expect_record(f, id, "default", "CANCELED");
+
+  snprintf(line, sizeof line, "task %s is already CANCELED; nothing changed", id);
+  tc(&o, f->redis.url, "cancel", id, NULL);
+  expect_failure(&o, 1, line);
+  outcome_free(&o);
+
+  /* --json still prints the answer, and the exit code still says it. */
+  tc(&o, f->redis.url, "--json", "cancel", id, "--queue", "default", NULL);
+  expect_code(&o, 1);
+  expect_one_error_line(&o);
+  expect_contains(o.err, line);
+  snprintf(doc, sizeof doc, "{\"id\": \"%s\", \"state\": \"CANCELED\", \"canceled\": false}", id);
+  expect_json_doc(&o, doc);
+  outcome_free(&o);
+
+  /* An id nobody sent yet: canceled in advance. */
+  tc(&o, f->redis.url, "--json", "cancel", "tc-cancel-unsent", NULL);
+  expect_code(&o, 0);
+  assert_string_equal(o.err, "");
+  expect_json_doc(&o,
+                  "{\"id\": \"tc-cancel-unsent\", \"state\": \"CANCELED\", \"canceled\": true}");
+  outcome_free(&o);
+  expect_record(f, "tc-cancel-unsent", "default", "CANCELED");
+
+  /* --queue names where a task without a record waits. */
+  tc(&o, f->redis.url, "enqueue", "test.noop", "--queue", TC_EXTRA_QUEUE, "--countdown", "30",
+     "--id", "tc-cancel-extra", NULL);
+  expect_code(&o, 0);
+  outcome_free(&o);
+  tc(&o, f->redis.url, "cancel", "tc-cancel-extra", "--queue", TC_EXTRA_QUEUE, NULL);
+  expect_code(&o, 0);
+  assert_string_equal(o.out, "canceled task tc-cancel-extra in queue " TC_EXTRA_QUEUE "\n");
+  outcome_free(&o);
+  expect_record(f, "tc-cancel-extra", TC_EXTRA_QUEUE, "CANCELED");
+  /* Without --queue the record tells where it is. */
+  tc(&o, f->redis.url, "cancel", "tc-cancel-extra", NULL);
+  expect_failure(&o, 1, "task tc-cancel-extra is already CANCELED; nothing changed");
+  outcome_free(&o);
+
+  /* A finished task stays as it ended. */
+  tc(&o, f->redis.url, "enqueue", "test.noop", "--id", "tc-cancel-done", "--wait", TC_WAIT_ARG,
+     NULL);
+  expect_code(&o, 0);
+  outcome_free(&o);
+  tc(&o, f->redis.url, "cancel", "tc-cancel-done", NULL);
+  expect_failure(&o, 1, "task tc-cancel-done is already SUCCEEDED; nothing changed");
+  outcome_free(&o);
+  tc(&o, f->redis.url, "cancel", "tc-cancel-done", "--json", NULL);
+  expect_code(&o, 1);
+  expect_json_doc(&o,
+                  "{\"id\": \"tc-cancel-done\", \"state\": \"SUCCEEDED\", \"canceled\": false}");
+  outcome_free(&o);
+  expect_record(f, "tc-cancel-done", "default", "SUCCEEDED");
+}
+
+/* dead --queue extra --json [--limit N --offset N]: checks the document's
+ * shape and the total; returns its tasks (caller decrefs). */
+static json_t *dead_list(const fixture *f, json_int_t total, const char *limit,
+                         const char *offset) {
+  outcome o;
+  if (limit)
+    tc(&o, f->redis.url, "--json", "dead", "--queue", TC_EXTRA_QUEUE, "--limit", limit,
+       "--offset", offset, NULL);
+  else
+    tc(&o, f->redis.url, "dead", "--queue", TC_EXTRA_QUEUE, "--json", NULL);
+  expect_code(&o, 0);
+  assert_string_equal(o.err, "");
+  json_t *doc = stdout_json(&o);
+  outcome_free(&o);
+  assert_int_equal(json_object_size(doc), 3);
+  assert_string_equal(str_field(doc, "queue"), TC_EXTRA_QUEUE);
+  assert_int_equal(int_field(doc, "total"), total);
+  json_t *tasks = json_object_get(doc, "tasks");
+  assert_true(json_is_array(tasks));
+  json_incref(tasks);
+  json_decref(doc);
+  return tasks;
+}
+
+/* One row of the dead listing: its id, record state and error message,
+ * and an envelope naming task. */
+static void expect_dead_row(const json_t *row, const char *id, const char *state_name,
+                            const char *task, const char *message) {
+  assert_int_equal(json_object_size(row), 4);
+  assert_string_equal(str_field(row, "id"), id);
+  assert_true(int_field(row, "dead_at") > 0);
+  const json_t *rec = json_object_get(row, "record");
+  assert_true(json_is_object(rec));
+  assert_string_equal(str_field(rec, "id"), id);
+  assert_string_equal(str_field(rec, "state"), state_name);
+  assert_int_equal(int_field(rec, "attempt"), 0);
+  expect_contains(str_field(json_object_get(rec, "error"), "message"), message);
+  json_t *env = json_loads(str_field(row, "envelope"), 0, NULL);
+  assert_non_null(env);
+  assert_string_equal(str_field(env, "id"), id);
+  assert_string_equal(str_field(env, "task"), task);
+  json_decref(env);
+}
+
+/* The final record of a task moved back by retry: it fails again. */
+static void expect_fails_again(const fixture *f, const char *id, const char *state_name) {
+  outcome o;
+  char says[128];
+  snprintf(says, sizeof says, "task %s %s", id, state_name);
+  tc(&o, f->redis.url, "result", id, "--queue", TC_EXTRA_QUEUE, "--wait", TC_WAIT_ARG, NULL);
+  expect_failure(&o, 1, says);
+  outcome_free(&o);
+}
+
+/* Runs in queue extra, whose dead set holds only what this test puts. */
+static void test_dead_and_retry(void **state) {
+  fixture *f = *state;
+  outcome o;
+  tc(&o, f->redis.url, "enqueue", "test.fail", "--queue", TC_EXTRA_QUEUE, "--id", "tc-dead-1",
+     "--kwargs", "{\"delay\": 0, \"message\": \"boom\"}", "--max-retries", "0", "--wait",
+     TC_WAIT_ARG, NULL);
+  expect_code(&o, 1); /* the record on stdout, the outcome on stderr */
+  expect_one_error_line(&o);
+  expect_contains(o.err, "task tc-dead-1 FAILED");
+  outcome_free(&o);
+
+  json_t *tasks = dead_list(f, 1, NULL, NULL);
+  assert_int_equal(json_array_size(tasks), 1);
+  expect_dead_row(json_array_get(tasks, 0), "tc-dead-1", "FAILED", "test.fail", "boom");
+  /* The table's error cell: "Type: message", whole when it fits. */
+  const json_t *err = json_object_get(json_object_get(json_array_get(tasks, 0), "record"), "error");
+  char cell[256];
+  snprintf(cell, sizeof cell, "  %s: %s\n", str_field(err, "type"), str_field(err, "message"));
+  assert_true(strlen(cell) <= 100 - 43 + 3);
+  json_decref(tasks);
+
+  /* The table: a header, one row cut to the width, the count. */
+  tc(&o, f->redis.url, "dead", "--queue", TC_EXTRA_QUEUE, NULL);
+  expect_code(&o, 0);
+  assert_true(strncmp(o.out, "ID         TASK       DEAD SINCE  ATTEMPT  ERROR\n", 49) == 0);
+  const char *row = strchr(o.out, '\n') + 1;
+  assert_true(strncmp(row, "tc-dead-1  test.fail  ", 22) == 0);
+  const char *eol = strchr(row, '\n');
+  assert_non_null(eol);
+  assert_true(eol - row <= 100);
+  /* Columns of 9, 9, 10 and 7 characters; ATTEMPT is right-aligned. */
+  assert_true(strncmp(row + 34, "      0", 7) == 0);
+  assert_true(strncmp(row + 41, cell, strlen(cell)) == 0);
+  assert_string_equal(eol + 1, "1 of 1 dead task in queue " TC_EXTRA_QUEUE "\n");
+  outcome_free(&o);
+
+  tc(&o, f->redis.url, "retry", "tc-dead-1", "--queue", TC_EXTRA_QUEUE, NULL);
+  expect_code(&o, 0);
+  assert_string_equal(o.out, "moved 1 task back to queue " TC_EXTRA_QUEUE "\n");
+  assert_string_equal(o.err, "");
+  outcome_free(&o);
+
+  /* It runs again from its first attempt, fails, and is dead again. */
+  expect_fails_again(f, "tc-dead-1", "FAILED");
+  tc(&o, f->redis.url, "task", "tc-dead-1", "--json", NULL);
+  expect_code(&o, 0);
+  json_t *rec = stdout_json(&o);
+  outcome_free(&o);
+  assert_string_equal(str_field(rec, "state"), "FAILED");
+  assert_int_equal(int_field(rec, "attempt"), 0);
+  json_decref(rec);
+
+  /* A task no worker knows is REJECTED, and kept as well. */
+  tc(&o, f->redis.url, "enqueue", "no.such", "--queue", TC_EXTRA_QUEUE, "--id", "tc-dead-2",
+     "--wait", TC_WAIT_ARG, NULL);
+  expect_code(&o, 1);
+  expect_one_error_line(&o);
+  expect_contains(o.err, "task tc-dead-2 REJECTED");
+  outcome_free(&o);
+
+  tasks = dead_list(f, 2, NULL, NULL);
+  assert_int_equal(json_array_size(tasks), 2);
+  expect_dead_row(json_array_get(tasks, 0), "tc-dead-2", "REJECTED", "no.such", "no.such");
+  expect_dead_row(json_array_get(tasks, 1), "tc-dead-1", "FAILED", "test.fail", "boom");
+  json_decref(tasks);
+  tasks = dead_list(f, 2, "1", "1");
+  assert_int_equal(json_array_size(tasks), 1);
+  assert_string_equal(str_field(json_array_get(tasks, 0), "id"), "tc-dead-1");
+  json_decref(tasks);
+  tasks = dead_list(f, 2, "5", "2");
+  assert_int_equal(json_array_size(tasks), 0);
+  json_decref(tasks);
+
+  tc(&o, f->redis.url, "--json", "retry", "--all", "--queue", TC_EXTRA_QUEUE, NULL);
+  expect_code(&o, 0);
+  expect_json_doc(&o, "{\"queue\": \"" TC_EXTRA_QUEUE "\", \"moved\": 2}");
+  outcome_free(&o);
+  expect_fails_again(f, "tc-dead-1", "FAILED");
+  expect_fails_again(f, "tc-dead-2", "REJECTED");
+  tasks = dead_list(f, 2, NULL, NULL);
+  json_decref(tasks);
+
+  tc(&o, f->redis.url, "retry", "NOSUCH", "--queue", TC_EXTRA_QUEUE, NULL);
+  expect_failure(&o, 1, "task NOSUCH is not in the dead set of queue " TC_EXTRA_QUEUE);
+  outcome_free(&o);
+  tc(&o, f->redis.url, "--json", "retry", "NOSUCH", NULL);
+  expect_failure(&o, 1, "task NOSUCH is not in the dead set of queue default");
+  outcome_free(&o);
+
+  /* Emptied, nothing is left to move. */
+  tc(&o, f->redis.url, "--json", "purge", TC_EXTRA_QUEUE, "--dead", "--yes", NULL);
+  expect_code(&o, 0);
+  expect_json_doc(&o, "{\"queue\": \"" TC_EXTRA_QUEUE
+                      "\", \"ready\": 0, \"scheduled\": 0, \"dead\": 2}");
+  outcome_free(&o);
+  tasks = dead_list(f, 0, NULL, NULL);
+  assert_int_equal(json_array_size(tasks), 0);
+  json_decref(tasks);
+  tc(&o, f->redis.url, "retry", "--all", "--queue", TC_EXTRA_QUEUE, NULL);
+  expect_code(&o, 0);
+  assert_string_equal(o.out, "moved 0 tasks back to queue " TC_EXTRA_QUEUE "\n");
+  outcome_free(&o);
+  tc(&o, f->redis.url, "dead", "--queue", TC_EXTRA_QUEUE, NULL);
+  expect_code(&o, 0);
+  assert_string_equal(o.out, "0 of 0 dead tasks in queue " TC_EXTRA_QUEUE "\n");
+  outcome_free(&o);
+
+  /* Without --queue: the default queue. */
+  tc(&o, f->redis.url, "dead", "--json", "--limit", "0", NULL);
+  expect_code(&o, 0);
+  json_t *doc = stdout_json(&o);
+  outcome_free(&o);
+  assert_string_equal(str_field(doc, "queue"), "default");
+  assert_true(int_field(doc, "total") >= 0);
+  assert_int_equal(json_array_size(json_object_get(doc, "tasks")), 0);
+  json_decref(doc);
+}
+
+static void test_purge(void **state) {
+  fixture *f = *state;
+  const char *stream = "celer:{" TC_PURGE_QUEUE "}:stream",
+             *sched = "celer:{" TC_PURGE_QUEUE "}:scheduled";
+  outcome o;
+  for (int i = 0; i < 3; i++) {
+    if (i == 0) tc(&o, f->redis.url, "enqueue", "test.noop", "--queue", TC_PURGE_QUEUE, NULL);
+    else
+      tc(&o, f->redis.url, "enqueue", "test.noop", "--queue", TC_PURGE_QUEUE, "--countdown", "60",
+         NULL);
+    expect_code(&o, 0);
+    outcome_free(&o);
+  }
+  assert_int_equal(cli_int(f, "XLEN", stream), 1);
+  assert_int_equal(cli_int(f, "ZCARD", sched), 2);
+
+  tc(&o, f->redis.url, "purge", TC_PURGE_QUEUE, NULL);
+  expect_failure(&o, 2,
+                 "purge would remove the ready, scheduled and dead tasks of queue " TC_PURGE_QUEUE
+                 " for good; add --yes to do it");
+  outcome_free(&o);
+  tc(&o, f->redis.url, "--json", "purge", TC_PURGE_QUEUE, "--scheduled", "--dead", NULL);
+  expect_failure(&o, 2, "would remove the scheduled and dead tasks of queue " TC_PURGE_QUEUE);
+  outcome_free(&o);
+  assert_int_equal(cli_int(f, "XLEN", stream), 1);
+  assert_int_equal(cli_int(f, "ZCARD", sched), 2);
+
+  tc(&o, f->redis.url, "purge", TC_PURGE_QUEUE, "--ready", "--yes", NULL);
+  expect_code(&o, 0);
+  assert_string_equal(o.out, "purged queue " TC_PURGE_QUEUE ": 1 ready, 0 scheduled, 0 dead\n");
+  assert_string_equal(o.err, "");
+  outcome_free(&o);
+  assert_int_equal(cli_int(f, "XLEN", stream), 0);
+  assert_int_equal(cli_int(f, "ZCARD", sched), 2);
+
+  tc(&o, f->redis.url, "--json", "purge", "--yes", TC_PURGE_QUEUE, NULL);
+  expect_code(&o, 0);
+  expect_json_doc(&o, "{\"queue\": \"" TC_PURGE_QUEUE
+                      "\", \"ready\": 0, \"scheduled\": 2, \"dead\": 0}");
+  outcome_free(&o);
+  assert_int_equal(cli_int(f, "ZCARD", sched), 0);
+
+  tc(&o, f->redis.url, "purge", TC_PURGE_QUEUE, "--yes", NULL);
+  expect_code(&o, 0);
+  assert_string_equal(o.out, "purged queue " TC_PURGE_QUEUE ": 0 ready, 0 scheduled, 0 dead\n");
+  outcome_free(&o);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_help),
@@ -692,6 +1120,10 @@ int main(void) {
       cmocka_unit_test(test_fail_wait_and_result),
       cmocka_unit_test(test_task_searches_queues),
       cmocka_unit_test(test_countdown_fraction),
+      cmocka_unit_test(test_pause_resume),
+      cmocka_unit_test(test_cancel),
+      cmocka_unit_test(test_dead_and_retry),
+      cmocka_unit_test(test_purge),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
