@@ -43,6 +43,9 @@
 /* Not-final records in a row after which a round of checks starts over:
  * tasks finish roughly in queue order, so the rest is not final either. */
 #define CHAOS_CHECK_MISSES 256
+/* How often the stragglers (tasks passed by later ones: redelivered) are
+ * checked. */
+#define CHAOS_SLOW_CHECK_MS 200
 /* Pause between two turns of the main loop (a poll with a deadline). */
 #define CHAOS_TICK_MS 10
 #define CHAOS_PROGRESS_MS 5000
@@ -87,13 +90,21 @@ typedef struct chaos_worker {
   char log[PATH_MAX];
 } chaos_worker;
 
-/* Which records are final so far. */
+/* Which records are final so far. Records are read in rounds over the
+ * pending ids in queue order; a round ends early after a run of misses.
+ * A pending id that later ids overtook (its task was redelivered to the
+ * end of the stream) moves to the slow list, checked on its own beat, so
+ * that it does not end every round before the ids behind it. */
 typedef struct tracker {
   size_t n;
   char (*ids)[CELER_ID_MAX + 1];
   signed char *state; /* -1: not final (or no record); else a celer_state */
-  size_t *pending;    /* indexes of ids not known to be final */
-  size_t npending, cursor, misses, nfinal;
+  size_t *pending;    /* indexes of ids not known to be final, in order */
+  size_t npending, cursor, streak, nfinal;
+  long last_final;    /* cursor position of this round's last final id */
+  size_t *slow;       /* overtaken ids */
+  size_t nslow;
+  long long next_slow;
   unsigned long long errors;
 } tracker;
 
@@ -390,33 +401,57 @@ static bool check_one(tracker *t, celer_client *c, size_t i) {
 
 static void end_round(tracker *t) {
   size_t k = 0;
-  for (size_t j = 0; j < t->npending; j++)
-    if (t->state[t->pending[j]] < 0) t->pending[k++] = t->pending[j];
+  for (size_t j = 0; j < t->npending; j++) {
+    size_t i = t->pending[j];
+    if (t->state[i] >= 0) continue;
+    if (j < t->cursor && (long)j < t->last_final) t->slow[t->nslow++] = i;
+    else t->pending[k++] = i;
+  }
   t->npending = k;
   t->cursor = 0;
-  t->misses = 0;
+  t->streak = 0;
+  t->last_final = -1;
+}
+
+static void check_slow(tracker *t, celer_client *c) {
+  size_t k = 0;
+  for (size_t j = 0; j < t->nslow; j++)
+    if (!check_one(t, c, t->slow[j])) t->slow[k++] = t->slow[j];
+  t->nslow = k;
 }
 
 /* Checks pending records for about budget_ms. Returns true when all are
  * final. */
 static bool check_some(tracker *t, celer_client *c, long long budget_ms) {
-  long long until = mono_ms() + budget_ms;
+  long long now = mono_ms(), until = now + budget_ms;
+  if (t->nslow > 0 && now >= t->next_slow) {
+    check_slow(t, c);
+    t->next_slow = now + CHAOS_SLOW_CHECK_MS;
+  }
   while (t->npending > 0) {
-    if (t->cursor >= t->npending || t->misses >= CHAOS_CHECK_MISSES) {
+    if (t->cursor >= t->npending || t->streak >= CHAOS_CHECK_MISSES) {
       end_round(t);
       break; /* a new round starts on the next turn */
     }
-    if (check_one(t, c, t->pending[t->cursor++])) t->misses = 0;
-    else t->misses++;
+    if (check_one(t, c, t->pending[t->cursor])) {
+      t->last_final = (long)t->cursor;
+      t->streak = 0;
+    } else {
+      t->streak++;
+    }
+    t->cursor++;
     if ((t->cursor & 31) == 0 && mono_ms() >= until) break;
   }
   return t->nfinal == t->n;
 }
 
-/* One full pass over every pending record. */
+/* One full pass over every record not known to be final. */
 static void check_all(tracker *t, celer_client *c) {
   for (size_t j = 0; j < t->npending; j++) check_one(t, c, t->pending[j]);
+  t->cursor = t->npending;
+  t->last_final = -1;
   end_round(t);
+  check_slow(t, c);
 }
 
 /* ---- the marks file: executions per id ---- */
@@ -606,7 +641,9 @@ static int tracker_init(tracker *t, size_t n) {
   t->ids = calloc(n, sizeof *t->ids);
   t->state = malloc(n);
   t->pending = malloc(n * sizeof *t->pending);
-  if (!t->ids || !t->state || !t->pending) return -1;
+  t->slow = malloc(n * sizeof *t->slow);
+  t->last_final = -1;
+  if (!t->ids || !t->state || !t->pending || !t->slow) return -1;
   memset(t->state, -1, n);
   for (size_t i = 0; i < n; i++) t->pending[i] = i;
   t->npending = n;
@@ -617,6 +654,7 @@ static void tracker_free(tracker *t) {
   free(t->ids);
   free(t->state);
   free(t->pending);
+  free(t->slow);
 }
 
 static void install_signals(void) {

@@ -197,6 +197,48 @@ static void test_stopped_worker_cannot_complete_after_losing_its_lease(void **st
   stop_worker(s, 1);
 }
 
+static void test_long_task_keeps_its_lease(void **state) {
+  suite *s = *state;
+  start_worker(s, 0, "plodder", NULL);
+  start_worker(s, 1, "onlooker", NULL);
+  /* Three leases long, and the handler never yields: the upkeep thread
+   * renews the lease, so the other worker never takes it over. */
+  char id[CELER_ID_MAX + 1];
+  enqueue_sleep(s, 3.0 * LEASE_MS / 1000, id);
+  json_t *rec = wait_final(s, id);
+  assert_string_equal(str(rec, "state"), "SUCCEEDED");
+  assert_int_equal(num(rec, "redeliveries"), 0);
+  assert_int_equal(stat_of(s, "redelivered"), 0);
+  assert_int_equal(stat_of(s, "processed"), 1);
+  json_decref(rec);
+  stop_worker(s, 0);
+  stop_worker(s, 1);
+}
+
+static void test_frozen_broker_never_hangs_a_caller(void **state) {
+  suite *s = *state;
+  start_worker(s, 0, "steady", NULL);
+  celer_client_options o = {.broker_url = s->redis.url, .timeout_ms = 300};
+  celer_client *c = celer_client_new(&o);
+  assert_int_equal(celer_client_connect(c), 0);
+  kill(s->redis.pid, SIGSTOP);
+  int64_t t0 = celer_mono_ms();
+  int rc = celer_ping(c);
+  int64_t took = celer_mono_ms() - t0;
+  kill(s->redis.pid, SIGCONT);
+  assert_int_equal(rc, CELER_ETIMEDOUT);
+  assert_true(took >= 300 && took < 3000);
+  /* Once the broker answers again, so does everything else. */
+  assert_int_equal(celer_ping(c), 0);
+  char id[CELER_ID_MAX + 1];
+  assert_int_equal(celer_enqueue(c, "test.noop", NULL, NULL, NULL, id), 0);
+  json_t *rec = wait_final(s, id);
+  assert_string_equal(str(rec, "state"), "SUCCEEDED");
+  json_decref(rec);
+  celer_client_free(c);
+  stop_worker(s, 0);
+}
+
 static void test_retries_follow_the_backoff(void **state) {
   suite *s = *state;
   start_worker(s, 0, "retrier", NULL);
@@ -455,6 +497,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       T(test_killed_worker_task_runs_again),
       T(test_stopped_worker_cannot_complete_after_losing_its_lease),
+      T(test_long_task_keeps_its_lease),
+      T(test_frozen_broker_never_hangs_a_caller),
       T(test_retries_follow_the_backoff),
       T(test_countdown_starts_on_time),
       T(test_eta_past_the_lease_runs_exactly_once),
