@@ -16,6 +16,8 @@
  *
  * Key layout (CONTRACT, docs/protocol.md):
  *   <ns>:queues                   set of queue names (global)
+ *   <ns>:workers                  hash worker name -> registry JSON (global)
+ *   <ns>:workers:seen             zset worker name -> last heartbeat (global)
  *   <ns>:{q}:stream               ready tasks; consumer group "workers"
  *   <ns>:{q}:scheduled            zset envelope -> due time (ms)
  *   <ns>:{q}:result:<id>          the task's record (JSON string)
@@ -81,7 +83,7 @@ void broker_url_describe(const broker_url *u, char *buf, size_t size);
 #define BROKER_DEFAULT_TIMEOUT_MS 5000
 /* Extra time granted to a blocking command beyond its BLOCK argument. */
 #define BROKER_BLOCK_GRACE_MS 2000
-#define BROKER_SCRIPT_COUNT 8
+#define BROKER_SCRIPT_COUNT 9
 
 typedef struct broker_conn {
   struct redisContext *ctx;   /* owned; NULL when disconnected */
@@ -127,7 +129,8 @@ typedef enum broker_script {
   BROKER_SCRIPT_REFRESH,
   BROKER_SCRIPT_CANCEL,
   BROKER_SCRIPT_DEAD_RETRY,
-  BROKER_SCRIPT_PURGE
+  BROKER_SCRIPT_PURGE,
+  BROKER_SCRIPT_HANDBACK
 } broker_script;
 /* Runs a script by EVALSHA, loading it first when needed and again after
  * NOSCRIPT. Returns the reply (caller frees with broker_reply_free) or NULL
@@ -155,10 +158,14 @@ int broker_enqueue(broker_conn *b, broker_push *pushes, size_t n);
  * nothing when it exists. Also registers the queue name. */
 int broker_ensure_group(broker_conn *b, const char *queue);
 
+/* Longest stream entry id: two 64-bit decimals and a dash are 41
+ * characters; a little room for what a future Redis may add. */
+#define BROKER_ENTRY_ID_MAX 47
+
 /* One stream entry handed over by XREADGROUP. */
 typedef struct broker_entry {
   size_t queue_index;        /* index into the queues passed to fetch */
-  char entry_id[48];         /* stream entry id "ms-seq" */
+  char entry_id[BROKER_ENTRY_ID_MAX + 1]; /* stream entry id "ms-seq" */
   char *payload;             /* owned: the `task` field, NULL if missing */
   size_t payload_len;
   int64_t attempt;           /* the `attempt` field (see has_attempt) */
@@ -227,12 +234,32 @@ int broker_refresh(broker_conn *b, const char *queue, const char *consumer,
                    const char *const *entry_ids, size_t n, int *renewed);
 
 /* Moves entries of queue idle longer than lease_ms back to the stream with
- * their redelivery count raised (reclaim.lua), at most count per call.
+ * their redelivery count raised (reclaim.lua; *redelivered gets how many),
+ * at most count per call.
  * Entries past `limit` redeliveries are claimed for consumer instead and
  * returned in *lost (caller frees with broker_entries_free): the caller
  * records them as FAILED. */
 int broker_reclaim(broker_conn *b, const char *queue, const char *consumer, int64_t lease_ms,
-                   int count, int64_t limit, broker_entry **lost, size_t *n);
+                   int count, int64_t limit, int *redelivered, broker_entry **lost, size_t *n);
+
+/* Hands back entries consumer holds in queue (handback.lua): the n given
+ * ids, or every one when n is 0. They are immediately runnable elsewhere.
+ * *count (may be NULL) gets how many. */
+int broker_handback(broker_conn *b, const char *queue, const char *consumer,
+                    const char *const *ids, size_t n, int *count);
+/* Reads one stream entry of queue by id into *out (caller frees with
+ * broker_entries_free(out, 1)); CELER_ENOTFOUND when it is gone. */
+int broker_read_entry(broker_conn *b, const char *queue, const char *entry_id,
+                      broker_entry **out);
+
+/* The worker registry (global keys): <ns>:workers (hash name -> JSON) and
+ * <ns>:workers:seen (zset name -> last heartbeat, ms). */
+int broker_heartbeat(broker_conn *b, const char *name, const char *entry, size_t len);
+int broker_unregister_worker(broker_conn *b, const char *name);
+/* Depths of queue in one round trip: out[0] ready (in the stream, not yet
+ * taken), out[1] active (taken, not yet recorded), out[2] scheduled,
+ * out[3] dead. */
+int broker_queue_depths(broker_conn *b, const char *queue, int64_t out[4]);
 
 /* Cancels a task that has no final record (cancel.lua). state_out (16
  * bytes) gets "CANCELED" and *changed true, or the final state the task

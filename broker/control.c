@@ -275,3 +275,92 @@ int broker_eviction(broker_conn *b, char *policy, size_t size, int64_t *maxmemor
   freeReplyObject(r);
   return rc;
 }
+
+/* Runs n commands in one round trip. On 0 every replies[i] is set (the
+ * caller frees each with freeReplyObject; error replies included). */
+static int pipeline(broker_conn *b, const char *what, size_t n, const char *const argv[][5],
+                    const int *argc, redisReply **replies) {
+  int rc = broker_ensure(b);
+  if (rc != 0) return rc;
+  for (size_t i = 0; i < n; i++) {
+    if (redisAppendCommandArgv(b->ctx, argc[i], (const char **)argv[i], NULL) != REDIS_OK) {
+      broker_close(b);
+      return broker_fail(b, CELER_ENOMEM, "out of memory building %s", what);
+    }
+  }
+  for (size_t i = 0; i < n; i++) {
+    replies[i] = NULL;
+    if (redisGetReply(b->ctx, (void **)&replies[i]) != REDIS_OK || replies[i] == NULL) {
+      for (size_t j = 0; j < i; j++) freeReplyObject(replies[j]);
+      return broker_io_error(b, what);
+    }
+  }
+  return 0;
+}
+
+/* Frees n replies; returns the first error reply as an error code. */
+static int free_replies(broker_conn *b, const char *what, redisReply **replies, size_t n) {
+  int rc = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (replies[i]->type == REDIS_REPLY_ERROR && rc == 0)
+      rc = broker_reply_error(b, replies[i], what);
+    freeReplyObject(replies[i]);
+  }
+  return rc;
+}
+
+int broker_heartbeat(broker_conn *b, const char *name, const char *entry, size_t len) {
+  char workers[BROKER_KEY_MAX + 1], seen[BROKER_KEY_MAX + 1], now[24];
+  snprintf(workers, sizeof workers, "%s:workers", b->ns);
+  snprintf(seen, sizeof seen, "%s:workers:seen", b->ns);
+  snprintf(now, sizeof now, "%lld", (long long)celer_now_ms());
+  (void)len; /* the entry is JSON text: NUL-terminated */
+  const char *argv[2][5] = {{"HSET", workers, name, entry, NULL}, {"ZADD", seen, now, name, NULL}};
+  const int argc[2] = {4, 4};
+  redisReply *r[2];
+  int rc = pipeline(b, "heartbeat", 2, argv, argc, r);
+  return rc ? rc : free_replies(b, "heartbeat", r, 2);
+}
+
+int broker_unregister_worker(broker_conn *b, const char *name) {
+  char workers[BROKER_KEY_MAX + 1], seen[BROKER_KEY_MAX + 1];
+  snprintf(workers, sizeof workers, "%s:workers", b->ns);
+  snprintf(seen, sizeof seen, "%s:workers:seen", b->ns);
+  const char *argv[2][5] = {{"HDEL", workers, name, NULL, NULL}, {"ZREM", seen, name, NULL, NULL}};
+  const int argc[2] = {3, 3};
+  redisReply *r[2];
+  int rc = pipeline(b, "leaving the registry", 2, argv, argc, r);
+  return rc ? rc : free_replies(b, "leaving the registry", r, 2);
+}
+
+int broker_queue_depths(broker_conn *b, const char *queue, int64_t out[4]) {
+  char stream[BROKER_KEY_MAX + 1], sched[BROKER_KEY_MAX + 1], dead[BROKER_KEY_MAX + 1];
+  broker_key(stream, b->ns, queue, "stream", NULL);
+  broker_key(sched, b->ns, queue, "scheduled", NULL);
+  broker_key(dead, b->ns, queue, "dead", NULL);
+  /* XPENDING needs the group: EXISTS first would be another round trip,
+   * so a missing group (no worker yet) reads as nothing active. */
+  const char *argv[4][5] = {{"XLEN", stream, NULL, NULL, NULL},
+                            {"ZCARD", sched, NULL, NULL, NULL},
+                            {"ZCARD", dead, NULL, NULL, NULL},
+                            {"XPENDING", stream, BROKER_GROUP, NULL, NULL}};
+  const int argc[4] = {2, 2, 2, 3};
+  redisReply *r[4];
+  int rc = pipeline(b, "queue depths", 4, argv, argc, r);
+  if (rc != 0) return rc;
+  int64_t len = r[0]->type == REDIS_REPLY_INTEGER ? r[0]->integer : 0;
+  int64_t active = r[3]->type == REDIS_REPLY_ARRAY && r[3]->elements >= 1 &&
+                           r[3]->element[0]->type == REDIS_REPLY_INTEGER
+                       ? r[3]->element[0]->integer
+                       : 0;
+  out[0] = len - active > 0 ? len - active : 0;
+  out[1] = active;
+  out[2] = r[1]->type == REDIS_REPLY_INTEGER ? r[1]->integer : 0;
+  out[3] = r[2]->type == REDIS_REPLY_INTEGER ? r[2]->integer : 0;
+  /* A missing group (no worker yet) only means nothing is active. */
+  if (r[3]->type == REDIS_REPLY_ERROR) {
+    freeReplyObject(r[3]);
+    r[3] = NULL;
+  }
+  return free_replies(b, "queue depths", r, r[3] ? 4 : 3);
+}

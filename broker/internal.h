@@ -23,6 +23,9 @@ redisReply *broker_command(broker_conn *b, int *code, int argc, const char **arg
 int broker_reply_error(broker_conn *b, redisReply *r, const char *what);
 /* Reads an integer script reply into *outcome and frees r. */
 int broker_integer_reply(broker_conn *b, redisReply *r, const char *script, int *outcome);
+/* Fills e from one [id, [field, value, ...]] stream entry. Returns
+ * CELER_ENOMEM or 0; shape problems land in e->problem. */
+int broker_parse_entry(redisReply *item, broker_entry *e);
 /* A NUL-terminated malloc'd copy of len bytes, or NULL. */
 char *broker_copy_bytes(const char *s, size_t len);
 
@@ -36,5 +39,6 @@ extern const char celer_lua_refresh[];
 extern const char celer_lua_cancel[];
 extern const char celer_lua_dead_retry[];
 extern const char celer_lua_purge[];
+extern const char celer_lua_handback[];
 
 #endif

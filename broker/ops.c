@@ -178,7 +178,7 @@ static bool parse_count(const char *s, size_t len, int64_t *out) {
 
 /* Fills e from one [id, [field, value, ...]] element of an XREADGROUP
  * reply. Returns CELER_ENOMEM or 0; shape problems land in e->problem. */
-static int parse_entry(redisReply *item, broker_entry *e) {
+int broker_parse_entry(redisReply *item, broker_entry *e) {
   const char *problem = NULL;
   if (item->type != REDIS_REPLY_ARRAY || item->elements != 2 ||
       item->element[0]->type != REDIS_REPLY_STRING) {
@@ -240,7 +240,7 @@ static int parse_fetch(broker_conn *b, redisReply *r, char keys[][BROKER_KEY_MAX
     if (qi == nqueues) continue;
     for (size_t j = 0; j < s->element[1]->elements; j++) {
       entries[k].queue_index = qi;
-      if (parse_entry(s->element[1]->element[j], &entries[k]) != 0) {
+      if (broker_parse_entry(s->element[1]->element[j], &entries[k]) != 0) {
         broker_entries_free(entries, k + 1);
         return broker_fail(b, CELER_ENOMEM, "out of memory reading tasks");
       }
@@ -358,22 +358,23 @@ int broker_complete(broker_conn *b, const broker_completion *c, int *outcome) {
 
 int broker_reschedule(broker_conn *b, const broker_reschedule_req *q, int *outcome) {
   char stream[BROKER_KEY_MAX + 1], sched[BROKER_KEY_MAX + 1], result[BROKER_KEY_MAX + 1],
-      stats[BROKER_KEY_MAX + 1], due[24], ttl[24];
+      stats[BROKER_KEY_MAX + 1], wake[BROKER_KEY_MAX + 1], due[24], ttl[24];
   broker_key(stream, b->ns, q->queue, "stream", NULL);
   broker_key(sched, b->ns, q->queue, "scheduled", NULL);
+  broker_key(wake, b->ns, q->queue, "wake", NULL);
   broker_key(result, b->ns, q->queue, "result:", q->task_id);
   broker_key(stats, b->ns, q->queue, "stats", NULL);
   snprintf(due, sizeof due, "%lld", (long long)q->due_ms);
   snprintf(ttl, sizeof ttl, "%lld", (long long)(q->ttl_ms > 0 ? q->ttl_ms : 1));
-  const char *argv[12] = {stream,   sched, result, stats, BROKER_GROUP, q->entry_id, q->consumer,
+  const char *argv[13] = {stream,   sched, result, stats, BROKER_GROUP, q->entry_id, q->consumer,
                           q->envelope, due, q->park ? "park" : "retry",
-                          q->record ? q->record : "", ttl};
-  size_t len[12];
-  for (int i = 0; i < 12; i++) len[i] = strlen(argv[i]);
+                          q->record ? q->record : "", ttl, wake};
+  size_t len[13];
+  for (int i = 0; i < 13; i++) len[i] = strlen(argv[i]);
   len[7] = q->envelope_len;
   len[10] = q->record ? q->record_len : 0;
   int code;
-  redisReply *r = broker_eval(b, &code, BROKER_SCRIPT_RESCHEDULE, 4, argv, len, 12);
+  redisReply *r = broker_eval(b, &code, BROKER_SCRIPT_RESCHEDULE, 4, argv, len, 13);
   if (r == NULL) return code;
   int rc = broker_integer_reply(b, r, "reschedule", outcome);
   /* The script speaks 1 / 0 (not parked) / -1 (duplicate) / -2 (stale). */

@@ -19,6 +19,7 @@ static const struct {
     [BROKER_SCRIPT_CANCEL] = {"cancel", celer_lua_cancel},
     [BROKER_SCRIPT_DEAD_RETRY] = {"dead_retry", celer_lua_dead_retry},
     [BROKER_SCRIPT_PURGE] = {"purge", celer_lua_purge},
+    [BROKER_SCRIPT_HANDBACK] = {"handback", celer_lua_handback},
 };
 
 static const char *script_name(broker_script s) { return scripts[s].name; }
@@ -48,9 +49,9 @@ static int load_script(broker_conn *b, broker_script s) {
   return rc;
 }
 
-/* The most arguments any of our scripts takes, plus EVALSHA, sha and
- * numkeys. */
-#define SCRIPT_ARGC_MAX 16
+/* The most arguments any of our scripts takes (a handback of a full
+ * prefetch), plus EVALSHA, sha and numkeys. */
+#define SCRIPT_ARGC_MAX 1100
 
 void *broker_eval(broker_conn *b, int *code, broker_script s, int nkeys,
                   const char **argv, const size_t *argvlen, int argc) {

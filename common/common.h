@@ -18,11 +18,15 @@ int64_t celer_mono_ms(void);
  * string must be digits. Returns 0 or CELER_EINVAL. */
 int celer_parse_i64(const char *s, int64_t *out);
 
-/* ---- ids (uuid.c) ---- */
+/* ---- ids and randomness (uuid.c) ---- */
 #define CELER_UUID_LEN 36
 /* Writes a random (version 4) UUID in canonical form plus terminator.
  * Returns 0 or CELER_EIO when the kernel's random source fails. */
 int celer_uuid4(char out[CELER_UUID_LEN + 1]);
+
+/* A uniformly random number in [0, n] from the kernel (n when it cannot
+ * be read): jitter for retries and reconnects. */
+int64_t celer_jitter(int64_t n);
 
 /* ---- logging (log.c) ---- */
 typedef enum celer_log_level {

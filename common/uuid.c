@@ -22,3 +22,10 @@ int celer_uuid4(char out[CELER_UUID_LEN + 1]) {
            b[12], b[13], b[14], b[15]);
   return 0;
 }
+
+int64_t celer_jitter(int64_t n) {
+  uint64_t v;
+  if (n <= 0) return 0;
+  if (getrandom(&v, sizeof v, GRND_NONBLOCK) != (ssize_t)sizeof v) return n;
+  return (int64_t)(v % ((uint64_t)n + 1));
+}

@@ -92,7 +92,7 @@ int outcome_complete(const outcome_sink *s, const broker_entry *e, const char *q
   }
   broker_completion c = {.queue = queue,
                          .entry_id = e->entry_id,
-                         .consumer = s->worker,
+                         .consumer = s->consumer,
                          .task_id = id,
                          .state = res->state,
                          .record = json,
@@ -103,5 +103,72 @@ int outcome_complete(const outcome_sink *s, const broker_entry *e, const char *q
   rc = broker_complete(s->conn, &c, outcome);
   free(json);
   free(dead);
+  return rc;
+}
+
+/* The delay before the retry that follows run number `attempt`. */
+int64_t outcome_backoff(const worker_backoff *b, int64_t attempt) {
+  double ceiling = (double)b->base_ms;
+  for (int64_t i = 0; i < attempt && ceiling < (double)b->cap_ms; i++) ceiling *= b->factor;
+  int64_t c = ceiling > (double)b->cap_ms ? b->cap_ms : (int64_t)ceiling;
+  return b->jitter ? celer_jitter(c) : c;
+}
+
+/* The envelope of the next attempt: the producer's own JSON (fields this
+ * version does not know survive the retry) with attempt raised, the error
+ * of this run appended to its "errors" history, and enqueued_at filled in
+ * when the producer left it out. Caller frees. */
+static char *next_attempt(const broker_entry *e, int64_t attempt, int64_t enqueued_at,
+                          const run_result *res, size_t *len) {
+  json_t *doc = json_loadb(e->payload, e->payload_len, 0, NULL);
+  json_t *errors = json_object_get(doc, "errors");
+  if (!json_is_array(errors)) {
+    errors = json_array();
+    if (json_object_set_new(doc, "errors", errors) != 0) errors = NULL;
+  }
+  while (errors && json_array_size(errors) >= RUNNER_ERROR_HISTORY) json_array_remove(errors, 0);
+  json_t *err = json_pack("{sIsssssI}", "attempt", (json_int_t)(attempt - 1), "type",
+                          res->error_type, "message", res->error_message, "at",
+                          (json_int_t)res->finished_at);
+  char *body = NULL;
+  if (doc && errors && err && json_array_append_new(errors, err) == 0 &&
+      json_object_set_new(doc, "attempt", json_integer(attempt)) == 0 &&
+      (json_object_get(doc, "enqueued_at") != NULL ||
+       json_object_set_new(doc, "enqueued_at", json_integer(enqueued_at)) == 0)) {
+    err = NULL;
+    body = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  }
+  json_decref(err);
+  json_decref(doc);
+  if (body) *len = strlen(body);
+  return body;
+}
+
+int outcome_retry(const outcome_sink *s, const broker_entry *e, const char *queue,
+                  const char *id, const celer_envelope *env, run_result *res, int *outcome) {
+  res->next_run_at = celer_now_ms() + res->retry_delay_ms;
+  char *json = NULL, *body = NULL;
+  size_t len = 0, blen = 0;
+  int rc = outcome_encode(s, e, queue, id, env, res, &json, &len);
+  if (rc == 0) {
+    int64_t enqueued = env->enqueued_at ? env->enqueued_at : outcome_entry_time(e->entry_id);
+    body = next_attempt(e, env->attempt + 1, enqueued, res, &blen);
+    rc = body ? 0 : CELER_ENOMEM;
+  }
+  if (rc == 0) {
+    broker_reschedule_req q = {.queue = queue,
+                               .entry_id = e->entry_id,
+                               .consumer = s->consumer,
+                               .task_id = id,
+                               .envelope = body,
+                               .envelope_len = blen,
+                               .due_ms = res->next_run_at,
+                               .record = json,
+                               .record_len = len,
+                               .ttl_ms = s->result_ttl_ms + res->retry_delay_ms};
+    rc = broker_reschedule(s->conn, &q, outcome);
+  }
+  free(json);
+  free(body);
   return rc;
 }

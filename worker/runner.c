@@ -15,11 +15,12 @@
  *   handler fails               -> FAILED (dead-lettered)
  * Every outcome is one script, and every script checks that this worker
  * still holds the entry's lease: a worker that lost it records nothing. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 #include "common/common.h"
 #include "worker/worker.h"
 
@@ -31,15 +32,13 @@
 #define RUNNER_SALVAGE_MAX (16 * 1024 * 1024)
 
 int runner_init(runner *r, broker_conn *conn, const celer_registry *reg,
-                const runner_config *cfg, volatile sig_atomic_t *stop, inflight *held,
-                upkeep *keeper) {
+                const runner_config *cfg, volatile sig_atomic_t *stop, worker_slot *slot) {
   memset(r, 0, sizeof *r);
   r->conn = conn;
   r->reg = reg;
   r->cfg = *cfg;
   r->stop = stop;
-  r->held = held;
-  r->keeper = keeper;
+  r->slot = slot;
   if (r->cfg.prefetch < 1) r->cfg.prefetch = 1;
   if (r->cfg.prefetch > RUNNER_PREFETCH_MAX) r->cfg.prefetch = RUNNER_PREFETCH_MAX;
   size_t n = cfg->nqueues ? cfg->nqueues : 1;
@@ -63,22 +62,6 @@ int runner_prepare(runner *r) {
   return 0;
 }
 
-/* A random number in [0, n] from the kernel; n when it cannot be read. */
-static int64_t jitter(int64_t n) {
-  uint64_t v;
-  if (n <= 0) return 0;
-  if (getrandom(&v, sizeof v, GRND_NONBLOCK) != (ssize_t)sizeof v) return n;
-  return (int64_t)(v % ((uint64_t)n + 1));
-}
-
-/* The delay before the retry that follows run number `attempt`. */
-static int64_t backoff_ms(const worker_backoff *b, int64_t attempt) {
-  double ceiling = (double)b->base_ms;
-  for (int64_t i = 0; i < attempt && ceiling < (double)b->cap_ms; i++) ceiling *= b->factor;
-  int64_t c = ceiling > (double)b->cap_ms ? b->cap_ms : (int64_t)ceiling;
-  return b->jitter ? jitter(c) : c;
-}
-
 /* Takes the id out of a payload that failed validation, when it has a
  * valid one, so that the producer waiting on that id sees the rejection.
  * Returns 1 and fills out, or 0. */
@@ -92,20 +75,65 @@ static int salvage_id(const char *payload, size_t len, char out[CELER_ID_MAX + 1
   return ok;
 }
 
+/* The hard time limit of one run: the envelope's, else the task's, never
+ * more than the worker-wide cap; 0 = none. */
+static int64_t time_limit(const runner *r, const worker_task *t, const celer_envelope *env) {
+  int64_t limit = env->timeout_ms > 0 ? env->timeout_ms : t->timeout_ms;
+  if (r->cfg.time_limit_ms > 0 && (limit == 0 || limit > r->cfg.time_limit_ms))
+    limit = r->cfg.time_limit_ms;
+  return limit;
+}
+
+/* Publishes in the slot that a run starts (so the supervisor can enforce
+ * its limit and record it should this process die) or ends. */
+static void slot_run_begins(runner *r, const broker_entry *e, const worker_task *t,
+                            const celer_envelope *env, int64_t limit) {
+  if (r->slot == NULL) return;
+  slot_write_begin(r->slot);
+  slot_run *run = &r->slot->run;
+  run->busy = true;
+  run->queue_index = (uint32_t)e->queue_index;
+  snprintf(run->entry_id, sizeof run->entry_id, "%s", e->entry_id);
+  snprintf(run->task_id, sizeof run->task_id, "%s", env->id);
+  snprintf(run->task, sizeof run->task, "%s", env->task);
+  run->started_mono = celer_mono_ms();
+  run->deadline_mono = limit > 0 ? run->started_mono + limit : 0;
+  run->attempt = env->attempt;
+  run->max_retries = env->max_retries >= 0 ? env->max_retries : t->max_retries;
+  run->backoff = t->backoff;
+  slot_write_end(r->slot);
+}
+
+static void slot_run_ends(runner *r, int64_t took_ms) {
+  if (r->slot == NULL) return;
+  double seconds = (double)took_ms / 1000.0;
+  slot_write_begin(r->slot);
+  r->slot->run.busy = false;
+  r->slot->run.tasks_done++;
+  slot_counters *c = &r->slot->counters;
+  for (size_t i = 0; i < SLOT_DURATION_BUCKETS; i++)
+    if (seconds <= slot_duration_bounds[i]) c->duration_buckets[i]++;
+  c->duration_count++;
+  c->duration_sum_s += seconds;
+  slot_write_end(r->slot);
+}
+
 /* Runs the handler of a decoded envelope and classifies what it did. */
-static void run_handler(const worker_task *t, const celer_envelope *env, const char *queue,
-                        run_result *res) {
+static void run_handler(runner *r, const broker_entry *e, const worker_task *t,
+                        const celer_envelope *env, const char *queue, run_result *res) {
   celer_task_ctx ctx;
   memset(&ctx, 0, sizeof ctx);
   ctx.env = env;
   ctx.queue = queue;
   ctx.retry_delay_ms = -1;
-  int64_t limit = env->timeout_ms > 0 ? env->timeout_ms : t->timeout_ms;
+  int64_t limit = time_limit(r, t, env);
+  slot_run_begins(r, e, t, env, limit);
   res->started_at = celer_now_ms();
   ctx.deadline_ms = limit > 0 ? res->started_at + limit : 0;
   json_t *result = NULL;
   int rc = t->handler(&ctx, env->args, env->kwargs, &result);
   res->finished_at = celer_now_ms();
+  slot_run_ends(r, res->finished_at - res->started_at);
   if (rc == 0 && ctx.verdict == VERDICT_NONE) {
     res->state = CELER_SUCCEEDED;
     res->result = result;
@@ -128,80 +156,50 @@ static void run_handler(const worker_task *t, const celer_envelope *env, const c
     snprintf(res->error_message, sizeof res->error_message, "%s", ctx.error_message);
   if (res->state == CELER_RETRYING)
     res->retry_delay_ms =
-        ctx.retry_delay_ms >= 0 ? ctx.retry_delay_ms : backoff_ms(&t->backoff, env->attempt);
+        ctx.retry_delay_ms >= 0 ? ctx.retry_delay_ms : outcome_backoff(&t->backoff, env->attempt);
 }
 
-/* The envelope of the next attempt: the producer's own JSON (fields this
- * version does not know survive the retry) with attempt raised, the error
- * of this run appended to its "errors" history, and enqueued_at filled in
- * when the producer left it out. Caller frees. */
-static char *next_attempt(const broker_entry *e, int64_t attempt, int64_t enqueued_at,
-                          const run_result *res, size_t *len) {
-  json_t *doc = json_loadb(e->payload, e->payload_len, 0, NULL);
-  json_t *errors = json_object_get(doc, "errors");
-  if (!json_is_array(errors)) {
-    errors = json_array();
-    if (json_object_set_new(doc, "errors", errors) != 0) errors = NULL;
-  }
-  while (errors && json_array_size(errors) >= RUNNER_ERROR_HISTORY) json_array_remove(errors, 0);
-  json_t *err = json_pack("{sIsssssI}", "attempt", (json_int_t)(attempt - 1), "type",
-                          res->error_type, "message", res->error_message, "at",
-                          (json_int_t)res->finished_at);
-  char *body = NULL;
-  if (doc && errors && err && json_array_append_new(errors, err) == 0 &&
-      json_object_set_new(doc, "attempt", json_integer(attempt)) == 0 &&
-      (json_object_get(doc, "enqueued_at") != NULL ||
-       json_object_set_new(doc, "enqueued_at", json_integer(enqueued_at)) == 0)) {
-    err = NULL;
-    body = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
-  }
-  json_decref(err);
-  json_decref(doc);
-  if (body) *len = strlen(body);
-  return body;
+/* The sink every outcome of this runner goes to. */
+static outcome_sink sink_of(const runner *r) {
+  return (outcome_sink){r->conn, r->cfg.name, r->cfg.consumer, r->cfg.result_ttl_ms};
+}
+
+/* Counts a recorded outcome in the slot's per-queue counters. */
+static void count_state(runner *r, size_t queue_index, celer_state st) {
+  if (r->slot == NULL || queue_index >= WORKER_QUEUES_MAX) return;
+  slot_write_begin(r->slot);
+  r->slot->counters.by_state[queue_index][st]++;
+  slot_write_end(r->slot);
+}
+
+static void count_fence(runner *r, int outcome) {
+  if (r->slot == NULL) return;
+  slot_write_begin(r->slot);
+  if (outcome == BROKER_STALE) r->slot->counters.stale++;
+  else r->slot->counters.duplicates++;
+  slot_write_end(r->slot);
 }
 
 /* Schedules the retry of a RETRYING run. */
 static int schedule_retry(runner *r, const broker_entry *e, const char *queue, const char *id,
                           const celer_envelope *env, run_result *res) {
-  res->next_run_at = celer_now_ms() + res->retry_delay_ms;
-  outcome_sink sink = {r->conn, r->cfg.name, r->cfg.result_ttl_ms};
-  char *json = NULL, *body = NULL;
-  size_t len = 0, blen = 0;
-  int rc = outcome_encode(&sink, e, queue, id, env, res, &json, &len);
-  if (rc == 0) {
-    int64_t enqueued = env->enqueued_at ? env->enqueued_at : outcome_entry_time(e->entry_id);
-    body = next_attempt(e, env->attempt + 1, enqueued, res, &blen);
-    rc = body ? 0 : CELER_ENOMEM;
-  }
+  outcome_sink sink = sink_of(r);
   int outcome = 0;
-  if (rc == 0) {
-    broker_reschedule_req q = {.queue = queue,
-                               .entry_id = e->entry_id,
-                               .consumer = r->cfg.name,
-                               .task_id = id,
-                               .envelope = body,
-                               .envelope_len = blen,
-                               .due_ms = res->next_run_at,
-                               .record = json,
-                               .record_len = len,
-                               .ttl_ms = r->cfg.result_ttl_ms + res->retry_delay_ms};
-    rc = broker_reschedule(r->conn, &q, &outcome);
-  }
-  free(json);
-  free(body);
+  int rc = outcome_retry(&sink, e, queue, id, env, res, &outcome);
   if (rc != 0) return rc;
   if (outcome == BROKER_RECORDED) {
     r->stats.retried++;
-    if (r->keeper) upkeep_wake(r->keeper);
+    count_state(r, e->queue_index, CELER_RETRYING);
     celer_log(CELER_LOG_INFO, id, "%s failed (%s: %s); retry %lld in %lld ms", env->task,
               res->error_type, res->error_message, (long long)env->attempt + 1,
               (long long)res->retry_delay_ms);
   } else if (outcome == BROKER_STALE) {
     r->stats.stale++;
+    count_fence(r, outcome);
     celer_log(CELER_LOG_WARN, id, "lease lost while running: the retry was not recorded");
   } else {
     r->stats.duplicates++;
+    count_fence(r, outcome);
   }
   return 0;
 }
@@ -209,12 +207,13 @@ static int schedule_retry(runner *r, const broker_entry *e, const char *queue, c
 /* Records a final outcome and counts it. */
 static int finish(runner *r, const broker_entry *e, const char *queue, const char *id,
                   const celer_envelope *env, const run_result *res) {
-  outcome_sink sink = {r->conn, r->cfg.name, r->cfg.result_ttl_ms};
+  outcome_sink sink = sink_of(r);
   int outcome = 0;
   int rc = outcome_complete(&sink, e, queue, id, env, res, &outcome);
   if (rc != 0) return rc;
   if (outcome == BROKER_STALE) {
     r->stats.stale++;
+    count_fence(r, outcome);
     celer_log(CELER_LOG_WARN, id, "lease lost while running: this %s was not recorded",
               celer_state_name(res->state));
     return 0;
@@ -225,10 +224,12 @@ static int finish(runner *r, const broker_entry *e, const char *queue, const cha
       celer_log(CELER_LOG_INFO, id, "canceled: dropped without running");
     } else {
       r->stats.duplicates++;
+      count_fence(r, outcome);
       celer_log(CELER_LOG_WARN, id, "task already had a final record; this run was a duplicate");
     }
     return 0;
   }
+  count_state(r, e->queue_index, res->state);
   switch (res->state) {
     case CELER_SUCCEEDED: r->stats.succeeded++; break;
     case CELER_REJECTED: r->stats.rejected++; break;
@@ -291,7 +292,7 @@ static int triage(runner *r, const broker_entry *e, bool canceled, celer_envelop
      * decides whether it waits in the scheduled set. */
     broker_reschedule_req q = {.queue = queue,
                                .entry_id = e->entry_id,
-                               .consumer = r->cfg.name,
+                               .consumer = r->cfg.consumer,
                                .task_id = id,
                                .envelope = e->payload,
                                .envelope_len = e->payload_len,
@@ -301,10 +302,8 @@ static int triage(runner *r, const broker_entry *e, bool canceled, celer_envelop
     if ((rc = broker_reschedule(r->conn, &q, &outcome)) != 0) return rc;
     if (outcome != BROKER_NOT_PARKED) {
       *parked = true;
-      if (outcome == BROKER_RECORDED) {
+      if (outcome == BROKER_RECORDED)
         celer_log(CELER_LOG_DEBUG, id, "parked until its eta %lld", (long long)env->eta);
-        if (r->keeper) upkeep_wake(r->keeper);
-      }
       return 0;
     }
   }
@@ -334,7 +333,7 @@ static int handle_entry(runner *r, const broker_entry *e, bool canceled) {
   bool parked = false;
   int rc = triage(r, e, canceled, &env, id, &res, &task, &parked);
   if (rc == 0 && !parked) {
-    if (res.state == CELER_PENDING) run_handler(task, &env, queue, &res);
+    if (res.state == CELER_PENDING) run_handler(r, e, task, &env, queue, &res);
     bool decoded = env.id[0] != '\0';
     if (res.state == CELER_RETRYING)
       rc = schedule_retry(r, e, queue, id, &env, &res);
@@ -344,6 +343,35 @@ static int handle_entry(runner *r, const broker_entry *e, bool canceled) {
   json_decref(res.result);
   celer_envelope_clear(&env);
   return rc;
+}
+
+/* Weight of the queue named `name` (a pointer into cfg.queues). */
+static int weight_of(const runner *r, const char *name) {
+  for (size_t q = 0; q < r->cfg.nqueues; q++)
+    if (r->cfg.queues[q] == name) return r->cfg.weights[q];
+  return 1;
+}
+
+/* Orders the n active queues for this fetch: a weighted random order, so
+ * that over many fetches a queue of weight 6 comes first six times as
+ * often as one of weight 1 (each queue gets the key u^(1/w) for a uniform
+ * u; the largest key goes first). */
+static void weighted_order(runner *r, size_t n) {
+  double key[WORKER_QUEUES_MAX];
+  for (size_t i = 0; i < n; i++) {
+    double u = ((double)celer_jitter(1000000) + 1.0) / 1000002.0;
+    key[i] = pow(u, 1.0 / (double)weight_of(r, r->active[i]));
+  }
+  for (size_t i = 1; i < n; i++) { /* insertion sort: a few queues */
+    for (size_t j = i; j > 0 && key[j] > key[j - 1]; j--) {
+      double k = key[j];
+      key[j] = key[j - 1];
+      key[j - 1] = k;
+      const char *q = r->active[j];
+      r->active[j] = r->active[j - 1];
+      r->active[j - 1] = q;
+    }
+  }
 }
 
 /* Reads the pause flags when they are due; fills r->active with the
@@ -357,6 +385,7 @@ static size_t active_queues(runner *r) {
   size_t n = 0;
   for (size_t q = 0; q < r->cfg.nqueues; q++)
     if (!r->paused[q]) r->active[n++] = r->cfg.queues[q];
+  if (r->cfg.weights) weighted_order(r, n);
   return n;
 }
 
@@ -397,6 +426,73 @@ static void index_entries(runner *r, broker_entry *entries, size_t n) {
   }
 }
 
+/* Publishes the entries this child holds, for lease renewal. */
+static void slot_hold(runner *r, const broker_entry *entries, size_t n) {
+  if (r->slot == NULL) return;
+  slot_write_begin(r->slot);
+  size_t k = 0;
+  for (size_t i = 0; i < n && k < RUNNER_PREFETCH_MAX; i++) {
+    r->slot->held[k].queue_index = (uint32_t)entries[i].queue_index;
+    snprintf(r->slot->held[k].entry_id, sizeof r->slot->held[k].entry_id, "%s",
+             entries[i].entry_id);
+    k++;
+  }
+  r->slot->nheld = (uint32_t)k;
+  r->slot->run.last_fetch_mono = celer_mono_ms();
+  slot_write_end(r->slot);
+}
+
+/* Drops the first entry of the held list (entries run in fetch order). */
+static void slot_release_first(runner *r) {
+  if (r->slot == NULL || r->slot->nheld == 0) return;
+  slot_write_begin(r->slot);
+  memmove(r->slot->held, r->slot->held + 1, (r->slot->nheld - 1) * sizeof r->slot->held[0]);
+  r->slot->nheld--;
+  slot_write_end(r->slot);
+}
+
+/* True when this child should stop taking tasks: asked to, or due for
+ * recycling (task count or resident size). */
+static bool should_stop(runner *r) {
+  if (*r->stop) return true;
+  uint64_t done = r->stats.succeeded + r->stats.failed + r->stats.retried + r->stats.rejected +
+                  r->stats.expired + r->stats.canceled + r->stats.stale + r->stats.duplicates;
+  if (r->cfg.max_tasks > 0 && done >= r->cfg.max_tasks) return true;
+  if (r->cfg.max_rss_kb > 0) {
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+      if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+      fclose(f);
+    }
+    if (resident * (sysconf(_SC_PAGESIZE) / 1024) > r->cfg.max_rss_kb) return true;
+  }
+  return false;
+}
+
+/* Hands back the entries of a batch this child will not run. */
+static void hand_back(runner *r, const broker_entry *entries, size_t n) {
+  const char **ids = calloc(n ? n : 1, sizeof *ids);
+  for (size_t q = 0; ids && q < r->cfg.nqueues; q++) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+      if (entries[i].queue_index == q) ids[k++] = entries[i].entry_id;
+    if (k == 0) continue;
+    int count = 0;
+    if (broker_handback(r->conn, r->cfg.queues[q], r->cfg.consumer, ids, k, &count) == 0)
+      celer_debug("handed back %d task(s) of %s", count, r->cfg.queues[q]);
+    else
+      celer_warn("handing back tasks of %s: %s (they return after the lease)",
+                 r->cfg.queues[q], r->conn->errstr);
+  }
+  free(ids);
+  if (r->slot) {
+    slot_write_begin(r->slot);
+    r->slot->nheld = 0;
+    slot_write_end(r->slot);
+  }
+}
+
 int runner_step(runner *r) {
   size_t nactive = active_queues(r);
   if (r->conn->ctx == NULL && broker_ensure(r->conn) != 0) return CELER_ECONNECT;
@@ -408,36 +504,56 @@ int runner_step(runner *r) {
   }
   broker_entry *entries = NULL;
   size_t n = 0;
-  int rc = broker_fetch(r->conn, r->active, nactive, r->cfg.name, r->cfg.prefetch,
+  int rc = broker_fetch(r->conn, r->active, nactive, r->cfg.consumer, r->cfg.prefetch,
                         RUNNER_MAX_BLOCK_MS, &entries, &n);
+  if (rc == 0 && r->slot) {
+    slot_write_begin(r->slot);
+    r->slot->run.last_fetch_mono = celer_mono_ms();
+    slot_write_end(r->slot);
+  }
   if (rc != 0 || n == 0) return rc;
   index_entries(r, entries, n);
+  size_t fetched = n;
+  if (n > (size_t)r->cfg.prefetch) {
+    /* One blocking read covers every queue but takes up to `prefetch` from
+     * each: keep the first ones in this fetch's order, give back the rest. */
+    hand_back(r, entries + r->cfg.prefetch, n - (size_t)r->cfg.prefetch);
+    n = (size_t)r->cfg.prefetch;
+  }
   r->stats.fetched += n;
-  for (size_t i = 0; r->held && i < n; i++)
-    inflight_add(r->held, entries[i].queue_index, entries[i].entry_id);
+  slot_hold(r, entries, n);
   bool *canceled = calloc(n, sizeof *canceled);
   if (canceled == NULL) rc = CELER_ENOMEM;
   if (rc == 0) rc = check_canceled(r, entries, n, canceled);
   int64_t checked = celer_mono_ms();
-  for (size_t i = 0; i < n && rc == 0; i++) {
+  size_t i = 0;
+  for (; i < n && rc == 0; i++) {
+    if (i > 0 && should_stop(r)) break;
     if (celer_mono_ms() - checked > RUNNER_CANCEL_RECHECK_MS) {
       /* The rest of the batch waited: look again before running it. */
       rc = check_canceled(r, entries + i, n - i, canceled + i);
       checked = celer_mono_ms();
     }
     if (rc == 0) rc = handle_entry(r, &entries[i], canceled[i]);
-    if (r->held) inflight_remove(r->held, entries[i].entry_id);
+    if (rc == 0) slot_release_first(r);
   }
-  /* On an error the rest stay pending; the reclaimer hands them back. */
-  for (size_t i = 0; r->held && i < n; i++) inflight_remove(r->held, entries[i].entry_id);
+  /* Taken but not started: back to the queue for others, at once. After
+   * a broker error they stay pending: this child stops claiming them, so
+   * their leases expire and the reclaimer brings them back. */
+  if (rc == 0 && i < n) hand_back(r, entries + i, n - i);
+  if (rc != 0 && r->slot) {
+    slot_write_begin(r->slot);
+    r->slot->nheld = 0;
+    slot_write_end(r->slot);
+  }
   free(canceled);
-  broker_entries_free(entries, n);
+  broker_entries_free(entries, fetched);
   return rc;
 }
 
 int runner_loop(runner *r) {
   int64_t pause = 100;
-  while (!*r->stop) {
+  while (!should_stop(r)) {
     int rc = runner_step(r);
     if (rc == 0) {
       pause = 100;
@@ -445,7 +561,7 @@ int runner_loop(runner *r) {
     }
     /* Full jitter, so that workers cut off together do not come back
      * together. */
-    int64_t wait = pause / 2 + jitter(pause / 2);
+    int64_t wait = pause / 2 + celer_jitter(pause / 2);
     celer_error("%s; retrying in %lld ms", r->conn->errstr, (long long)wait);
     /* Wait out the pause in slices so a stop request is honoured. */
     int64_t until = celer_mono_ms() + wait;

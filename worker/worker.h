@@ -9,7 +9,6 @@
 #ifndef CELER_WORKER_H
 #define CELER_WORKER_H
 
-#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -109,7 +108,8 @@ void outcome_set(run_result *res, celer_state st, const char *type, const char *
 /* Where and how outcomes are recorded. */
 typedef struct outcome_sink {
   broker_conn *conn;        /* borrowed */
-  const char *worker;       /* the worker name: record field and consumer */
+  const char *worker;       /* the worker name: the record's `worker` */
+  const char *consumer;     /* who holds the lease: the scripts' fence */
   int64_t result_ttl_ms;
 } outcome_sink;
 
@@ -123,38 +123,95 @@ int outcome_encode(const outcome_sink *s, const broker_entry *e, const char *que
 int outcome_complete(const outcome_sink *s, const broker_entry *e, const char *queue,
                      const char *id, const celer_envelope *env, const run_result *res,
                      int *outcome);
+/* Schedules the retry of a RETRYING run (res->retry_delay_ms set): the
+ * RETRYING record, and the next attempt's envelope in the scheduled set.
+ * Sets res->next_run_at. *outcome is a BROKER_* value. */
+int outcome_retry(const outcome_sink *s, const broker_entry *e, const char *queue,
+                  const char *id, const celer_envelope *env, run_result *res, int *outcome);
+/* The delay before the retry that follows run number `attempt`. */
+int64_t outcome_backoff(const worker_backoff *b, int64_t attempt);
 /* The broker's time part of a stream entry id, or 0. */
 int64_t outcome_entry_time(const char *entry_id);
 
-/* ---- inflight.c ---- */
-/* The entries a runner holds (fetched, not yet recorded): the leases its
- * upkeep renews. Shared between the two threads under a mutex. */
-typedef struct inflight_entry {
-  size_t queue_index;
-  char entry_id[48];
-} inflight_entry;
+/* Prefetch bound: entries one fetch takes; each waits in this child's
+ * pending list until run. */
+#define RUNNER_PREFETCH_MAX_ 1000
 
-typedef struct inflight {
-  pthread_mutex_t lock;
-  inflight_entry *entries;  /* owned */
-  size_t n, cap;
-} inflight;
+/* ---- slots.c ---- */
+/* Each child process publishes what it holds and runs in a slot of a
+ * shared memory map the supervisor made before forking. The child is the
+ * only writer of its slot; the supervisor reads consistent snapshots
+ * through a sequence counter (odd while the child writes). */
 
-int inflight_init(inflight *f, size_t cap);
-void inflight_free(inflight *f);
-/* Adds an entry; returns CELER_ETOOBIG when full. */
-int inflight_add(inflight *f, size_t queue_index, const char *entry_id);
-void inflight_remove(inflight *f, const char *entry_id);
-/* Copies the held entry ids of one queue into ids (room for max); returns
- * how many. */
-size_t inflight_of_queue(inflight *f, size_t queue_index, char (*ids)[48], size_t max);
+/* Longest stream entry id (see BROKER_ENTRY_ID_MAX). */
+#define SLOT_ENTRY_ID_MAX BROKER_ENTRY_ID_MAX
+/* Duration histogram bucket bounds (seconds) for /metrics. */
+#define SLOT_DURATION_BUCKETS 12
+extern const double slot_duration_bounds[SLOT_DURATION_BUCKETS];
+/* Most queues a worker serves (the fetch command carries them all). */
+#define WORKER_QUEUES_MAX 64
+/* Longest consumer name: the worker name, '#', a slot number. */
+#define SLOT_CONSUMER_MAX 160
+
+typedef struct slot_held {
+  uint32_t queue_index;
+  char entry_id[SLOT_ENTRY_ID_MAX + 1];
+} slot_held;
+
+/* The part of a slot the supervisor reads often (time limits, crashes). */
+typedef struct slot_run {
+  pid_t pid;                         /* the child; 0 when the slot is empty */
+  bool ready;                        /* modules loaded, broker reached */
+  bool busy;                         /* a handler is running */
+  uint32_t queue_index;
+  char entry_id[SLOT_ENTRY_ID_MAX + 1];
+  char task_id[CELER_ID_MAX + 1];
+  char task[CELER_TASK_NAME_MAX + 1];
+  int64_t started_mono;              /* CLOCK_MONOTONIC ms: shared by processes */
+  int64_t deadline_mono;             /* hard limit; 0 = none */
+  int64_t attempt;                   /* retries so far */
+  int max_retries;                   /* resolved: registration or envelope */
+  worker_backoff backoff;
+  int64_t last_fetch_mono;           /* last completed fetch */
+  uint64_t tasks_done;               /* runs finished by this child */
+} slot_run;
+
+/* Counters a child adds to; never reset while the worker runs. */
+typedef struct slot_counters {
+  uint64_t by_state[WORKER_QUEUES_MAX][CELER_STATE_COUNT];
+  uint64_t duration_buckets[SLOT_DURATION_BUCKETS]; /* cumulative <= bound */
+  uint64_t duration_count;
+  double duration_sum_s;
+  uint64_t stale, duplicates, reconnects;
+} slot_counters;
+
+typedef struct worker_slot {
+  uint32_t seq;                      /* odd while the child writes */
+  char consumer[SLOT_CONSUMER_MAX + 1]; /* set by the supervisor */
+  slot_run run;
+  slot_counters counters;
+  uint32_t nheld;
+  slot_held held[RUNNER_PREFETCH_MAX_];
+} worker_slot;
+
+/* Maps n zeroed slots shared with future children; NULL on failure. */
+worker_slot *slots_map(size_t n);
+void slots_unmap(worker_slot *slots, size_t n);
+/* Child side: bracket every change of the slot. */
+void slot_write_begin(worker_slot *s);
+void slot_write_end(worker_slot *s);
+/* Supervisor side: consistent copies (retrying while the child writes). */
+void slot_read_run(const worker_slot *s, slot_run *out);
+void slot_read_counters(const worker_slot *s, slot_counters *out);
+/* Copies the held entries; returns how many (at most max). */
+size_t slot_read_held(const worker_slot *s, slot_held *out, size_t max);
 
 /* ---- upkeep.c ---- */
 /* Upkeep is the time-driven work of a worker, apart from running tasks:
- * promoting due scheduled tasks, renewing the leases of held entries and
- * reclaiming expired leases. upkeep_tick does what is due and says when to
- * call it again (one scheduler, one re-armed timer); a thread of the
- * worker drives it, sleeping in poll() on a wake pipe and the queues' wake
+ * promoting due scheduled tasks, renewing the leases the children hold,
+ * reclaiming expired leases and heartbeats. upkeep_tick does what is due
+ * and says when to call it again (one scheduler, one re-armed timer); a
+ * process of the worker drives it, sleeping in poll() on the queues' wake
  * channels, so a newly scheduled earlier task is noticed at once. */
 
 /* Longest sleep between two promote checks: bounds how late a task
@@ -167,50 +224,111 @@ size_t inflight_of_queue(inflight *f, size_t queue_index, char (*ids)[48], size_
 #define UPKEEP_RECLAIM_BATCH 100
 /* Pause after a broker error before upkeep tries again. */
 #define UPKEEP_RETRY_MS 500
+/* Heartbeat period into the worker registry (and queue depths for
+ * /metrics); a worker silent for three periods is shown as stale. */
+#define UPKEEP_HEARTBEAT_MS 5000
 
 typedef struct upkeep_config {
   const char *const *queues;   /* borrowed; in priority order */
   size_t nqueues;
-  const char *name;            /* the worker's consumer name */
+  const char *name;            /* the worker's name (records, registry) */
+  const char *host;            /* for the registry */
+  int64_t started_at;          /* ms since epoch, for the registry */
+  const char *consumer;        /* the consumer that reclaims lost tasks */
   int64_t lease_ms;            /* idle time after which a lease expires */
   int64_t max_redeliveries;    /* expired leases before a task FAILS */
   int64_t result_ttl_ms;
+  worker_slot *slots;          /* borrowed: the children's leases */
+  size_t nslots;
 } upkeep_config;
+
+/* What the upkeep process tells the supervisor, in shared memory. */
+typedef struct upkeep_shared {
+  int64_t depths[WORKER_QUEUES_MAX][3]; /* ready, scheduled, dead; -1 unknown */
+  int64_t last_ok_mono;                 /* last broker round trip that worked */
+  uint64_t promoted, reclaimed, lost;
+} upkeep_shared;
 
 typedef struct upkeep {
   broker_conn conn;            /* requests */
   broker_conn sub;             /* wake channels */
   upkeep_config cfg;
-  inflight *held;              /* borrowed */
-  int wake[2];                 /* self-pipe: [0] polled, [1] written */
-  pthread_t thread;
-  bool running;
-  volatile sig_atomic_t stop;
+  pid_t pid;                   /* the upkeep process; 0 when not running */
   int64_t *next_promote;       /* owned; mono ms per queue */
-  int64_t next_refresh, next_reclaim, next_subscribe;
-  uint64_t promoted, renewed, reclaimed, lost;
+  int64_t next_refresh, next_reclaim, next_subscribe, next_heartbeat;
+  uint64_t renewed;
+  upkeep_shared *shared;       /* owned mapping, shared with the process */
 } upkeep;
 
+/* What the supervisor reads of upkeep (for /metrics and /healthz). */
+typedef upkeep_shared upkeep_view;
+void upkeep_snapshot(upkeep *u, upkeep_view *out);
+
 /* Prepares u (no I/O); url and ns as for broker_init. 0 or an error. */
-int upkeep_init(upkeep *u, const broker_url *url, const char *ns, const upkeep_config *cfg,
-                inflight *held);
+int upkeep_init(upkeep *u, const broker_url *url, const char *ns, const upkeep_config *cfg);
 void upkeep_free(upkeep *u);
 /* Does what is due now; returns ms until something is due again. */
 int64_t upkeep_tick(upkeep *u);
-/* Starts / stops (and joins) the thread that drives upkeep_tick. */
+/* Starts the process that drives upkeep_tick (forked: call it from the
+ * supervisor); stops it with SIGTERM and waits for it. */
 int upkeep_start(upkeep *u);
 void upkeep_stop(upkeep *u);
-/* Makes the thread promote at once (a task was scheduled here). Async-
- * signal-safe. */
-void upkeep_wake(upkeep *u);
+
+/* ---- http.c ---- */
+/* A small HTTP/1.x server on the supervisor's libev loop, for /metrics and
+ * /healthz: GET only, one request per connection, bounded request size
+ * and connection count, non-blocking throughout. */
+struct ev_loop;
+typedef struct http_server http_server;
+
+typedef struct http_response {
+  int status;                /* 200, 404, 503, ... */
+  const char *content_type;  /* static string */
+  char *body;                /* malloc'd; the server frees it */
+  size_t len;
+} http_response;
+
+/* Answers one request for path (the request target without the query);
+ * fills out. Runs on the loop: must not block. */
+typedef void (*http_handler)(void *ctx, const char *path, http_response *out);
+
+/* Listens on addr ("HOST:PORT", HOST an IPv4 address, "localhost" or
+ * empty for all; PORT 0 picks a free one). Returns 0 and *out, or an
+ * error with a sentence in err. */
+int http_server_start(struct ev_loop *loop, const char *addr, http_handler fn, void *ctx,
+                      http_server **out, char *err, size_t errlen);
+/* The port actually bound (useful with port 0). */
+int http_server_port(const http_server *s);
+/* Closes the listener and every open connection, frees s. NULL is fine. */
+void http_server_stop(http_server *s);
+
+/* ---- metrics.c ---- */
+/* What /metrics reports, gathered by the supervisor. */
+typedef struct metrics_input {
+  const char *worker;                /* the worker name */
+  const char *const *queues;         /* borrowed */
+  size_t nqueues;
+  const slot_run *runs;              /* one per child slot */
+  const slot_counters *counters;     /* one per child slot */
+  size_t nslots;
+  int64_t ready[WORKER_QUEUES_MAX];      /* queue depth: not yet taken; -1 unknown */
+  int64_t scheduled[WORKER_QUEUES_MAX];  /* waiting for a due time; -1 unknown */
+  int64_t dead[WORKER_QUEUES_MAX];       /* in the dead set; -1 unknown */
+  uint64_t child_starts, child_crashes, time_limit_kills;
+  uint64_t reclaimed, lost, promoted;    /* from upkeep */
+  int64_t uptime_s;
+  bool healthy;
+} metrics_input;
+
+/* Renders m as Prometheus text exposition format 0.0.4. Returns a malloc'd
+ * body (caller frees) and its length, or NULL when out of memory. */
+char *metrics_render(const metrics_input *m, size_t *len);
 
 /* ---- runner.c ---- */
 /* Longest a fetch blocks, so that a stop request and pause flags are
  * noticed within this bound. */
 #define RUNNER_MAX_BLOCK_MS 1000
-/* Prefetch bound: entries one fetch takes; each waits in this worker's
- * pending list until run. */
-#define RUNNER_PREFETCH_MAX 1000
+#define RUNNER_PREFETCH_MAX RUNNER_PREFETCH_MAX_
 /* How often the pause flags of the queues are read. */
 #define RUNNER_PAUSE_CHECK_MS 500
 /* A fetched entry that waited longer than this is checked for
@@ -221,9 +339,14 @@ void upkeep_wake(upkeep *u);
 
 typedef struct runner_config {
   const char *const *queues;  /* borrowed; in priority order */
+  const int *weights;         /* borrowed; NULL = strict priority order */
   size_t nqueues;
-  const char *name;           /* worker and consumer name */
+  const char *name;           /* worker name (records) */
+  const char *consumer;       /* this child's consumer name (leases) */
   int prefetch;               /* entries per fetch, 1..RUNNER_PREFETCH_MAX */
+  int64_t time_limit_ms;      /* worker-wide cap on one run; 0 = none */
+  uint64_t max_tasks;         /* exit after this many runs; 0 = never */
+  int64_t max_rss_kb;         /* exit when resident size passes it; 0 = never */
   int64_t result_ttl_ms;
   size_t max_payload;
 } runner_config;
@@ -238,18 +361,16 @@ typedef struct runner {
   const celer_registry *reg;         /* borrowed */
   runner_config cfg;
   volatile sig_atomic_t *stop;       /* set by signal handlers */
-  inflight *held;                    /* borrowed; may be NULL */
-  upkeep *keeper;                    /* borrowed; woken on retries; may be NULL */
+  worker_slot *slot;                 /* borrowed: this child's slot; may be NULL */
   bool *paused;                      /* owned; per queue */
   const char **active;               /* owned; the queues not paused */
   int64_t next_pause_check;
   runner_stats stats;
 } runner;
 
-/* Prepares r; returns 0 or CELER_ENOMEM. held and keeper may be NULL. */
+/* Prepares r; returns 0 or CELER_ENOMEM. slot may be NULL. */
 int runner_init(runner *r, broker_conn *conn, const celer_registry *reg,
-                const runner_config *cfg, volatile sig_atomic_t *stop, inflight *held,
-                upkeep *keeper);
+                const runner_config *cfg, volatile sig_atomic_t *stop, worker_slot *slot);
 void runner_free(runner *r);
 /* Creates the queues' consumer groups. */
 int runner_prepare(runner *r);
@@ -257,8 +378,68 @@ int runner_prepare(runner *r);
  * RUNNER_MAX_BLOCK_MS), run and record each. Returns 0 or a broker error
  * (the connection is re-made on the next round). */
 int runner_step(runner *r);
-/* Runs rounds until *stop is set. Broker errors are logged and retried
- * with backoff and jitter; returns 0. */
+/* Runs rounds until *stop is set or the child is due for recycling, then
+ * hands back what it took and did not start. Broker errors are logged and
+ * retried with backoff and jitter. Returns 0. */
 int runner_loop(runner *r);
+
+/* ---- supervisor.c / child.c ---- */
+/* Exit codes of celer-worker (and of a child that cannot start). */
+#define WORKER_EXIT_OK 0
+#define WORKER_EXIT_FAILURE 1   /* children keep crashing at start-up */
+#define WORKER_EXIT_CONFIG 2    /* bad flag, setting or module */
+#define WORKER_EXIT_BROKER 3    /* broker refused us or is unsafe */
+/* Children that die before they are ready this many times in a row make
+ * the worker give up: a module whose init crashes is not retried forever. */
+#define SUPERVISOR_START_FAILURES_MAX 5
+/* Restart backoff after a crash: doubles from the first value to the cap,
+ * so a crash loop never becomes a fork storm. */
+#define SUPERVISOR_RESTART_FIRST_MS 100
+#define SUPERVISOR_RESTART_CAP_MS 10000
+/* A child that ran this long before crashing resets the backoff. */
+#define SUPERVISOR_STABLE_MS 10000
+/* How often busy children are checked against their time limits. */
+#define SUPERVISOR_LIMIT_CHECK_MS 50
+/* The broker is called unreachable when upkeep had no round trip for this
+ * long (upkeep talks to it at least once a second). */
+#define SUPERVISOR_BROKER_STALE_MS 3000
+/* An idle child that has not finished a fetch for this long is stuck. */
+#define SUPERVISOR_FETCH_STALL_MS 10000
+/* Default grace for running tasks on SIGTERM. */
+#define SUPERVISOR_SHUTDOWN_TIMEOUT_MS 30000
+/* Most children one worker runs. */
+#define SUPERVISOR_CHILDREN_MAX 256
+
+/* Everything the worker was configured with (main.c fills it). */
+typedef struct worker_config {
+  char name[SLOT_CONSUMER_MAX - 8];
+  char host[64];
+  const char *queues[WORKER_QUEUES_MAX];
+  int weights[WORKER_QUEUES_MAX];
+  bool weighted;
+  size_t nqueues;
+  const char *modules[32];
+  size_t nmodules;
+  size_t concurrency;
+  int prefetch;
+  int64_t lease_ms, max_redeliveries, time_limit_ms, shutdown_timeout_ms;
+  uint64_t max_tasks_per_child;
+  int64_t max_rss_kb;
+  const char *metrics_addr;    /* NULL = no HTTP endpoint */
+  const char *log_file;        /* NULL = stderr as given */
+  broker_url url;
+  char ns[CELER_NAMESPACE_MAX + 1];
+  int64_t result_ttl_ms, max_payload, dead_max, dead_ttl_ms;
+} worker_config;
+
+/* Runs the worker until it is told to stop; returns the exit code. */
+int supervisor_run(worker_config *cfg);
+/* The body of child number index (after fork); never returns. */
+void child_main(const worker_config *cfg, worker_slot *slot, pid_t parent, size_t index)
+    __attribute__((noreturn));
+/* Reopens cfg->log_file onto stderr (after a rotation); async-signal-safe. */
+void worker_reopen_log(void);
+/* Remembers the log file path for worker_reopen_log (static storage). */
+void worker_set_log_file(const char *path);
 
 #endif

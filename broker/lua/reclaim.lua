@@ -6,14 +6,16 @@
 -- ARGV[1] consumer group, ARGV[2] the caller's consumer name, ARGV[3] the
 -- lease in ms (minimum idle time), ARGV[4] most entries per call,
 -- ARGV[5] the redelivery limit.
--- Returns the entries past the limit: {{entry id, task, redeliveries,
--- attempt or ""}, ...}; the caller now holds their lease.
-if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+-- Returns {number redelivered, {{entry id, task, redeliveries, attempt or
+-- ""}, ...}}: the second list holds the entries past the limit, whose
+-- lease the caller now holds.
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, {}} end
 local res = redis.pcall('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], '0-0',
                         'COUNT', ARGV[4])
-if type(res) ~= 'table' or res.err then return {} end
+if type(res) ~= 'table' or res.err then return {0, {}} end
 local limit = tonumber(ARGV[5])
 local lost = {}
+local redelivered = 0
 for _, e in ipairs(res[2]) do
   local id, fields = e[1], e[2]
   local task, redeliveries, attempt, promoted = nil, 0, nil, nil
@@ -41,6 +43,7 @@ for _, e in ipairs(res[2]) do
     redis.call('XACK', KEYS[1], ARGV[1], id)
     redis.call('XDEL', KEYS[1], id)
     redis.call('HINCRBY', KEYS[2], 'redelivered', 1)
+    redelivered = redelivered + 1
   end
 end
-return lost
+return {redelivered, lost}

@@ -6,7 +6,8 @@
 -- ARGV[1] consumer group, ARGV[2] stream entry id, ARGV[3] the consumer
 -- holding the lease, ARGV[4] the envelope to schedule, ARGV[5] due time in
 -- ms, ARGV[6] "retry" or "park", ARGV[7] the RETRYING record (retry only),
--- ARGV[8] record TTL in ms.
+-- ARGV[8] record TTL in ms, ARGV[9] the queue's wake channel (schedulers
+-- asleep until a later due time look again).
 -- Returns 1 when scheduled; 0 when a parked task is already due by the
 -- broker's clock (the caller runs it now); -1 when the task already has a
 -- final record (a duplicate delivery: acked, counted, nothing scheduled);
@@ -24,6 +25,7 @@ if final_state(KEYS[3]) then
   return -1
 end
 redis.call('ZADD', KEYS[2], due, ARGV[4])
+redis.call('PUBLISH', ARGV[9], ARGV[5])
 if ARGV[6] == 'retry' then
   redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[8])
   redis.call('HINCRBY', KEYS[4], 'retried', 1)

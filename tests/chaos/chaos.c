@@ -10,11 +10,19 @@
  * at-least-once delivery), and the broker's duplicate, stale and
  * redelivered counters.
  *
+ * A worker is a supervisor with child processes. Killing it means killing
+ * its whole process tree, as an OOM kill of its container or the loss of
+ * its host would: this program is a child subreaper, so children that
+ * outlive their killed supervisor are reparented to it; it reports them
+ * as orphans and kills them (or, with --leave-orphans, lets them run on
+ * unsupervised until the end, which exercises lease fencing).
+ *
  * Exit status: 0 PASS, 1 FAIL, 2 usage error. The last line is always
  * "chaos: 1 passed, 0 failed" or "chaos: 0 passed, 1 failed".
  *
  * Readiness and completion are polled with deadlines; the only timed
  * waits are the random pauses between kills, which are the point. */
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -26,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -53,6 +62,9 @@
 #define CHAOS_STOP_MS 15000
 /* Ids shown in detail when the run fails. */
 #define CHAOS_DIAG_IDS 10
+/* How long the children of a killed worker get to exit on their own
+ * before they count as orphans. */
+#define CHAOS_ORPHAN_GRACE_MS 200
 
 static const char usage_text[] =
     "usage: celer-chaos [options]\n"
@@ -62,23 +74,32 @@ static const char usage_text[] =
     "\n"
     "  --tasks N          tasks to enqueue (default 5000)\n"
     "  --workers W        worker processes kept running (default 3)\n"
+    "  --concurrency C    the workers' --concurrency: children each (default 1)\n"
     "  --kill-every MS    mean time between kills, randomised +-50% (default 300;\n"
     "                     0 = never kill)\n"
     "  --lease SEC        the workers' --lease (default 1)\n"
     "  --prefetch N       the workers' --prefetch (default 5)\n"
     "  --task-ms MS       time each task takes after its mark (default 2)\n"
-    "  --deadline SEC     longest time for all tasks to finish (default 120)\n"
+    "  --deadline SEC     longest time, from the workers' start, for all tasks to\n"
+    "                     finish (default 120)\n"
+    "  --max-redeliveries N  the workers' --max-redeliveries (default: theirs, 5);\n"
+    "                     a task whose worker is killed more often FAILS\n"
     "  --seed N           seed of the kill schedule (default: time and pid)\n"
     "  --broker URL       use this broker instead of a private redis-server\n"
-    "                     (redis://... or unix:///path.sock)\n"
+    "                     (redis://... or unix:///path.sock); other workers on it\n"
+    "                     must not serve the namespace's default queue\n"
     "  --namespace NS     key prefix for the run (default celer)\n"
     "  --keep             keep the temp dir (marks file, worker logs)\n"
+    "  --leave-orphans    let the children of a killed worker run on until the\n"
+    "                     end (default: kill them with it)\n"
     "  -h, --help         this text\n";
 
 typedef struct chaos_opts {
   long tasks, workers, kill_every_ms, lease_s, prefetch, task_ms, deadline_s;
+  long max_redeliveries; /* -1: the worker's default */
+  long concurrency;
   unsigned long long seed;
-  bool seed_given, keep;
+  bool seed_given, keep, leave_orphans;
   const char *broker, *ns;
 } chaos_opts;
 
@@ -171,9 +192,13 @@ static int parse_args(int argc, char **argv, chaos_opts *o) {
       {"deadline", required_argument, NULL, 'd'}, {"seed", required_argument, NULL, 's'},
       {"broker", required_argument, NULL, 'b'},   {"namespace", required_argument, NULL, 'n'},
       {"keep", no_argument, NULL, 'K'},           {"help", no_argument, NULL, 'h'},
+      {"max-redeliveries", required_argument, NULL, 'R'},
+      {"concurrency", required_argument, NULL, 'c'},
+      {"leave-orphans", no_argument, NULL, 'O'},
       {NULL, 0, NULL, 0}};
   *o = (chaos_opts){.tasks = 5000, .workers = 3, .kill_every_ms = 300, .lease_s = 1,
-                    .prefetch = 5, .task_ms = 2, .deadline_s = 120, .ns = "celer"};
+                    .prefetch = 5, .task_ms = 2, .deadline_s = 120, .max_redeliveries = -1,
+                    .concurrency = 1, .ns = "celer"};
   opterr = 0;
   int c;
   while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
@@ -195,9 +220,14 @@ static int parse_args(int argc, char **argv, chaos_opts *o) {
         o->seed_given = true;
         break;
       }
+      case 'R':
+        rc = parse_long("--max-redeliveries", optarg, 0, 1000, &o->max_redeliveries);
+        break;
       case 'b': o->broker = optarg; break;
       case 'n': o->ns = optarg; break;
       case 'K': o->keep = true; break;
+      case 'O': o->leave_orphans = true; break;
+      case 'c': rc = parse_long("--concurrency", optarg, 1, 256, &o->concurrency); break;
       case 'h': fputs(usage_text, stdout); return -1;
       case ':': return usage_error("option %s needs a value", argv[optind - 1]);
       default: return usage_error("unknown option '%s'", argv[optind - 1]);
@@ -247,19 +277,18 @@ static int cli(const char *const *args, char **out) {
   return rc;
 }
 
-static char key_buf[3][256];
+#define CHAOS_KEY_MAX 256
 
-/* "<ns>:{default}:<part>" in one of three rotating buffers. */
-static const char *qkey(const char *ns, const char *part) {
-  static int next;
-  char *k = key_buf[next++ % 3];
-  snprintf(k, sizeof key_buf[0], "%s:{%s}:%s", ns, CHAOS_QUEUE, part);
-  return k;
+/* "<ns>:{default}:<part>" into buf; returns buf. */
+static const char *qkey(char buf[CHAOS_KEY_MAX], const char *ns, const char *part) {
+  snprintf(buf, CHAOS_KEY_MAX, "%s:{%s}:%s", ns, CHAOS_QUEUE, part);
+  return buf;
 }
 
 /* One integer field of the queue's stats hash; 0 when absent. */
 static long long stat_field(const char *ns, const char *field) {
-  const char *args[] = {"HGET", qkey(ns, "stats"), field, NULL};
+  char key[CHAOS_KEY_MAX];
+  const char *args[] = {"HGET", qkey(key, ns, "stats"), field, NULL};
   char *out = NULL;
   long long v = 0;
   if (cli(args, &out) == 0 && out) v = strtoll(out, NULL, 10);
@@ -284,16 +313,20 @@ static char tmpdir[HARNESS_DIR_MAX];
 static unsigned long long unclean_exits;
 
 static int worker_start(chaos_worker *w, const chaos_opts *o, const char *url) {
-  char lease[24], prefetch[24];
+  char lease[24], prefetch[24], redeliveries[24], concurrency[24];
+  snprintf(concurrency, sizeof concurrency, "%ld", o->concurrency);
   snprintf(lease, sizeof lease, "%ld", o->lease_s);
   snprintf(prefetch, sizeof prefetch, "%ld", o->prefetch);
+  snprintf(redeliveries, sizeof redeliveries, "%ld", o->max_redeliveries);
   w->gen++;
   snprintf(w->name, sizeof w->name, "chaos-%d-%u", w->slot, w->gen);
   snprintf(w->log, sizeof w->log, "%s/%s.log", tmpdir, w->name);
   const char *argv[] = {worker_bin, "--broker", url, "--namespace", o->ns,
                         "--queues", CHAOS_QUEUE, "--module", "testing",
-                        "--lease", lease, "--prefetch", prefetch,
-                        "--name", w->name, NULL};
+                        "--concurrency", concurrency, "--lease", lease, "--prefetch", prefetch,
+                        "--name", w->name,
+                        o->max_redeliveries >= 0 ? "--max-redeliveries" : NULL, redeliveries,
+                        NULL};
   w->pid = harness_spawn(argv, NULL, w->log, w->log);
   if (w->pid < 0) {
     w->pid = 0;
@@ -369,6 +402,61 @@ static void stop_all(int sig, bool count_unclean) {
       unclean_exits++;
     }
     w->pid = 0;
+  }
+}
+
+/* ---- orphans: processes reparented to us (we are a subreaper) ---- */
+static unsigned long long orphans;
+
+static bool is_tracked(pid_t pid) {
+  if (own_redis && pid == redis.pid) return true;
+  for (int k = 0; k < CHAOS_WORKERS_MAX; k++)
+    if (workers[k].pid == pid) return true;
+  return false;
+}
+
+/* Our children that we did not start: fills pids (up to max) with the
+ * live ones and reaps the dead ones. Returns how many live ones. */
+static size_t untracked_children(pid_t *pids, size_t max) {
+  DIR *d = opendir("/proc");
+  if (d == NULL) return 0;
+  pid_t self = getpid();
+  size_t n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+    char path[300], buf[512];
+    snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) continue;
+    size_t len = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[len] = '\0';
+    /* "pid (comm) state ppid ...": comm may hold spaces and parentheses. */
+    const char *rp = strrchr(buf, ')');
+    char state;
+    long ppid;
+    if (rp == NULL || sscanf(rp + 1, " %c %ld", &state, &ppid) != 2 || ppid != (long)self)
+      continue;
+    pid_t pid = (pid_t)atol(e->d_name);
+    if (is_tracked(pid)) continue;
+    if (state == 'Z') waitpid(pid, NULL, WNOHANG);
+    else if (n < max) pids[n++] = pid;
+  }
+  closedir(d);
+  return n;
+}
+
+/* Kills and counts the orphans alive now. With grace_ms, first gives
+ * children that are on their way out that long to go. */
+static void kill_orphans(long long grace_ms) {
+  pid_t pids[1024];
+  long long until = mono_ms() + grace_ms;
+  size_t n;
+  while ((n = untracked_children(pids, 1024)) > 0 && mono_ms() < until) pause_ms(5);
+  for (size_t i = 0; i < n; i++) {
+    harness_stop(pids[i], SIGKILL, CHAOS_STOP_MS);
+    orphans++;
   }
 }
 
@@ -531,7 +619,8 @@ static void print_cli(const char *title, const char *const *args) {
 
 /* Where an id stands in the stream: its entries and their pending state. */
 static void diagnose_stream(const char *ns, const char *id) {
-  const char *xr[] = {"XRANGE", qkey(ns, "stream"), "-", "+", NULL};
+  char stream[CHAOS_KEY_MAX];
+  const char *xr[] = {"XRANGE", qkey(stream, ns, "stream"), "-", "+", NULL};
   char *out = NULL;
   if (cli(xr, &out) != 0 || out == NULL) {
     free(out);
@@ -547,12 +636,15 @@ static void diagnose_stream(const char *ns, const char *id) {
       snprintf(entry, sizeof entry, "%s", l);
     } else if (strstr(l, needle) && entry[0]) {
       found++;
-      const char *xp[] = {"XPENDING", qkey(ns, "stream"), "workers", entry, entry, "1", NULL};
+      const char *xp[] = {"XPENDING", stream, "workers", entry, entry, "1", NULL};
       char *p = NULL;
       cli(xp, &p);
       for (char *c = p; c && *c; c++)
         if (*c == '\n') *c = ' ';
-      printf("    stream entry %s; XPENDING: %s\n", entry, p && *p ? p : "(not pending)");
+      bool blank = p == NULL || strspn(p, " ") == strlen(p);
+      /* XPENDING's row: entry, consumer, idle ms, deliveries. */
+      printf("    stream entry %s; XPENDING: %s\n", entry,
+             blank ? "(not delivered to any worker)" : p);
       free(p);
       entry[0] = '\0';
     }
@@ -581,10 +673,11 @@ static void diagnose_logs(const char *id) {
 static void diagnose(const chaos_opts *o, celer_client *c, const tracker *t,
                      const unsigned *runs) {
   printf("chaos: diagnosis of the failed run\n");
-  const char *xlen[] = {"XLEN", qkey(o->ns, "stream"), NULL};
-  const char *xpend[] = {"XPENDING", qkey(o->ns, "stream"), "workers", NULL};
-  const char *zcard[] = {"ZCARD", qkey(o->ns, "scheduled"), NULL};
-  const char *stats[] = {"HGETALL", qkey(o->ns, "stats"), NULL};
+  char k1[CHAOS_KEY_MAX], k2[CHAOS_KEY_MAX], k3[CHAOS_KEY_MAX];
+  const char *xlen[] = {"XLEN", qkey(k1, o->ns, "stream"), NULL};
+  const char *xpend[] = {"XPENDING", k1, "workers", NULL};
+  const char *zcard[] = {"ZCARD", qkey(k2, o->ns, "scheduled"), NULL};
+  const char *stats[] = {"HGETALL", qkey(k3, o->ns, "stats"), NULL};
   print_cli("XLEN stream", xlen);
   print_cli("XPENDING stream workers", xpend);
   print_cli("ZCARD scheduled", zcard);
@@ -687,6 +780,9 @@ int main(int argc, char **argv) {
              ((unsigned long long)getpid() << 32);
   }
   rng_state = o.seed;
+  /* Children of a killed worker come to us, not to init: we see them and
+   * can stop them. */
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
   snprintf(worker_bin, sizeof worker_bin, "%s", harness_bin("celer-worker"));
 
   bool pass = false, setup_ok = false;
@@ -712,10 +808,10 @@ int main(int argc, char **argv) {
     own_redis = true;
     url = broker_url = redis.url;
   }
-  printf("chaos: seed %llu, broker %s, %ld tasks, %ld workers, kill every ~%ld ms, lease %ld s, "
-         "prefetch %ld, task %ld ms, deadline %ld s\n",
-         o.seed, url, o.tasks, o.workers, o.kill_every_ms, o.lease_s, o.prefetch, o.task_ms,
-         o.deadline_s);
+  printf("chaos: seed %llu, broker %s, %ld tasks, %ld workers x %ld children, kill every ~%ld "
+         "ms, lease %ld s, prefetch %ld, task %ld ms, deadline %ld s\n",
+         o.seed, url, o.tasks, o.workers, o.concurrency, o.kill_every_ms, o.lease_s, o.prefetch,
+         o.task_ms, o.deadline_s);
 
   celer_client_options copts = {.broker_url = url, .ns = o.ns};
   client = celer_client_new(&copts);
@@ -749,15 +845,18 @@ int main(int argc, char **argv) {
     if (all_final || now >= deadline) break;
     reap_unexpected(&o, url);
     if (next_kill >= 0 && now >= next_kill) {
+      /* The schedule counts from the kill, not from the end of the
+       * orphan check, so that the mean interval holds. */
+      next_kill = now + next_kill_delay(o.kill_every_ms);
       chaos_worker *w = &workers[rng_next() % (uint64_t)o.workers];
       if (w->pid > 0) {
         harness_stop(w->pid, SIGKILL, CHAOS_STOP_MS);
         w->pid = 0;
         kills++;
+        if (!o.leave_orphans) kill_orphans(CHAOS_ORPHAN_GRACE_MS);
       }
       worker_start(w, &o, url);
       now = mono_ms();
-      next_kill = now + next_kill_delay(o.kill_every_ms);
     }
     if (now >= next_progress) {
       printf("chaos: %.1f s: %zu/%zu final, %llu kills\n", (double)(now - started) / 1000.0,
@@ -774,6 +873,7 @@ int main(int argc, char **argv) {
 
   reap_unexpected(&o, url);
   stop_all(SIGTERM, true);
+  kill_orphans(CHAOS_ORPHAN_GRACE_MS);
   check_all(&t, client);
   read_stats(o.ns, &after);
 
@@ -799,9 +899,14 @@ int main(int argc, char **argv) {
   pass = !interrupted && missing == 0 && nstate[CELER_SUCCEEDED] == t.n && never_ran == 0 &&
          unknown == 0 && unclean_exits == 0 && t.errors == 0;
   printf("chaos: %zu ids never executed, at most %llu executions of one id, %ld unreadable "
-         "marks, %llu unclean worker exits, %llu record read errors\n",
-         never_ran, max_runs, unknown, unclean_exits, t.errors);
-  if (!pass) diagnose(&o, client, &t, runs);
+         "marks, %llu unclean worker exits, %llu record read errors, %llu orphaned worker "
+         "children\n",
+         never_ran, max_runs, unknown, unclean_exits, t.errors, orphans);
+  if (orphans > 0)
+    printf("chaos: WARNING: %llu worker child process(es) outlived their killed worker "
+           "(reparented to celer-chaos%s)\n",
+           orphans, o.leave_orphans ? "; stopped at the end" : ", which killed them");
+  if (!pass && !interrupted) diagnose(&o, client, &t, runs);
   printf("chaos: %zu tasks, %ld workers, %llu kills in %.1f s: %zu final (%s), %zu missing, "
          "%llu duplicate executions, %lld duplicate completions, %lld stale completions, "
          "%lld redelivered\n",
@@ -811,6 +916,7 @@ int main(int argc, char **argv) {
 
 done:
   stop_all(SIGKILL, false);
+  kill_orphans(0);
   if (!setup_ok) printf("chaos: the run could not be set up\n");
   celer_client_free(client);
   if (own_redis) harness_redis_stop(&redis);

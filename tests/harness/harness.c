@@ -89,8 +89,11 @@ pid_t harness_spawn(const char *const *argv, const char *const *env, const char 
   if (envp == NULL) return -1;
   pid_t pid = fork();
   if (pid == 0) {
-    /* A test that crashes must not leave its servers and workers behind. */
+    /* A test that crashes must not leave its servers and workers behind;
+     * each program gets its own process group, so that a test can signal
+     * a worker and its children together (kill(-pid, SIGSTOP)). */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    setpgid(0, 0);
     if (out_path) {
       int fd = open(out_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0600);
       if (fd >= 0) dup2(fd, 1);
@@ -350,6 +353,9 @@ pid_t harness_worker(const harness_redis *r, const char *const *extra_args,
   argv[n++] = r->url;
   argv[n++] = "--module";
   argv[n++] = "testing";
+  /* One child unless the test says otherwise (a later flag wins). */
+  argv[n++] = "--concurrency";
+  argv[n++] = "1";
   for (size_t i = 0; extra_args && extra_args[i] && n < 63; i++) argv[n++] = extra_args[i];
   argv[n] = NULL;
   return harness_spawn(argv, NULL, NULL, log_path);

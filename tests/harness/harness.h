@@ -62,8 +62,9 @@ int harness_run(const char *const *argv, const char *const *env, const char *std
  * code and stores stdout in *out when out is not NULL. */
 int harness_cli(const harness_redis *r, const char *const *args, char **out);
 
-/* Starts celer-worker against r with --module testing and the extra
- * arguments (NULL-terminated, may be NULL); its stderr goes to log_path
+/* Starts celer-worker against r with --module testing, --concurrency 1
+ * and the extra arguments (NULL-terminated, may be NULL; a repeated flag
+ * overrides); its stderr goes to log_path
  * when given. Returns the pid or -1. Stop it with harness_stop. */
 pid_t harness_worker(const harness_redis *r, const char *const *extra_args,
                      const char *log_path);
