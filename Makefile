@@ -32,9 +32,10 @@ test-normal: build
 # The same suite under AddressSanitizer and UndefinedBehaviorSanitizer;
 # any report fails the run. Reports exit with a code no program of ours
 # uses (86), so a test expecting exit 1 or 2 cannot mistake one for a pass.
+# handle_segv=0 lets test.crash die by SIGSEGV as it does in production.
 test-asan: build-asan
 	@cd $(ASAN_DIR) && \
-	  ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:exitcode=86 \
+	  ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:exitcode=86:handle_segv=0 \
 	  LSAN_OPTIONS=exitcode=86 \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=86 \
 	  ctest --output-on-failure -j $(JOBS)

@@ -237,8 +237,7 @@ int harness_cli(const harness_redis *r, const char *const *args, char **out) {
   return rc;
 }
 
-/* A loopback port nobody listens on right now, from the kernel. */
-static int free_port(void) {
+int harness_free_port(void) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   socklen_t len = sizeof a;
@@ -317,7 +316,7 @@ int harness_redis_start(harness_redis *r, bool tcp, const char *const *extra_arg
   /* A port can be taken between our probe and redis's bind: try again. */
   for (int attempt = 0; attempt < 5; attempt++) {
     if (tcp) {
-      r->port = free_port();
+      r->port = harness_free_port();
       snprintf(r->url, sizeof r->url, "redis://127.0.0.1:%d/0", r->port);
     } else {
       snprintf(r->socket, sizeof r->socket, "%s/redis.sock", r->dir);

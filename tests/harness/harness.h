@@ -69,6 +69,9 @@ int harness_cli(const harness_redis *r, const char *const *args, char **out);
 pid_t harness_worker(const harness_redis *r, const char *const *extra_args,
                      const char *log_path);
 
+/* A loopback port nobody listens on right now, from the kernel. */
+int harness_free_port(void);
+
 /* A fresh temp dir for a test's own files; returns 0 and fills buf. */
 int harness_tmpdir(char *buf, size_t size);
 /* Removes a directory tree made by harness_tmpdir (best effort). */
