@@ -50,6 +50,22 @@ void celer_vlog(celer_log_level level, const char *task_id, const char *fmt,
                 va_list ap) __attribute__((format(printf, 3, 0)));
 int celer_log_enabled(celer_log_level level);
 
+/* What a task event line says besides its message: in text lines as
+ * key=value pairs, in JSON lines as fields. NULL strings and negative
+ * numbers are left out. Strings are borrowed for the call. */
+typedef struct celer_log_fields {
+  const char *task_id;   /* "task" */
+  const char *task;      /* "name": the task name */
+  const char *queue;
+  const char *outcome;   /* a state name: SUCCEEDED, RETRYING, ... */
+  int64_t attempt;
+  int64_t duration_ms;
+} celer_log_fields;
+void celer_log_task(celer_log_level level, const celer_log_fields *f, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void celer_vlog_fields(celer_log_level level, const celer_log_fields *f, const char *fmt,
+                       va_list ap) __attribute__((format(printf, 3, 0)));
+
 #define celer_debug(...) celer_log(CELER_LOG_DEBUG, NULL, __VA_ARGS__)
 #define celer_info(...) celer_log(CELER_LOG_INFO, NULL, __VA_ARGS__)
 #define celer_warn(...) celer_log(CELER_LOG_WARN, NULL, __VA_ARGS__)

@@ -152,10 +152,27 @@ static void write_line(const char *buf, size_t len) {
   }
 }
 
-static void emit_text(const char *ts, celer_log_level level, const char *task, char *msg) {
+/* The " key=value" tail of a text line for the fields that are set. */
+static void text_fields(const char *task, const celer_log_fields *f, char *out, size_t size) {
+  size_t used = 0;
+  out[0] = '\0';
+  if (task) used += (size_t)snprintf(out + used, size - used, " task=%s", task);
+  if (f == NULL) return;
+  if (f->task && used < size) used += (size_t)snprintf(out + used, size - used, " name=%s", f->task);
+  if (f->queue && used < size) used += (size_t)snprintf(out + used, size - used, " queue=%s", f->queue);
+  if (f->attempt >= 0 && used < size)
+    used += (size_t)snprintf(out + used, size - used, " attempt=%lld", (long long)f->attempt);
+  if (f->duration_ms >= 0 && used < size)
+    used += (size_t)snprintf(out + used, size - used, " duration_ms=%lld",
+                             (long long)f->duration_ms);
+  if (f->outcome && used < size) snprintf(out + used, size - used, " outcome=%s", f->outcome);
+}
+
+static void emit_text(const char *ts, celer_log_level level, const char *task,
+                      const celer_log_fields *f, char *msg) {
   char line[LOG_LINE_MAX];
-  char task_part[CELER_ID_MAX * 2 + 8] = "";
-  if (task) celer_fmt(task_part, sizeof task_part, " task=%s", task);
+  char task_part[CELER_ID_MAX * 2 + CELER_TASK_NAME_MAX + 160];
+  text_fields(task, f, task_part, sizeof task_part);
   /* Everything but the message is short; the message gives way. */
   size_t fixed = strlen(ts) + strlen(program) + strlen(task_part) + 40;
   if (fixed + strlen(LOG_ELLIPSIS) + 1 < sizeof line) shorten(msg, sizeof line - fixed);
@@ -168,7 +185,7 @@ static void emit_text(const char *ts, celer_log_level level, const char *task, c
 
 /* Builds the JSON object; NULL when out of memory. */
 static char *json_line(const char *ts, celer_log_level level, const char *task,
-                       const char *msg) {
+                       const celer_log_fields *f, const char *msg) {
   json_t *obj = json_object();
   if (obj == NULL) return NULL;
   json_object_set_new(obj, "ts", json_string(ts));
@@ -177,14 +194,21 @@ static char *json_line(const char *ts, celer_log_level level, const char *task,
   json_object_set_new(obj, "pid", json_integer((json_int_t)getpid()));
   json_object_set_new(obj, "msg", json_string(msg));
   if (task) json_object_set_new(obj, "task", json_string(task));
+  if (f && f->task) json_object_set_new(obj, "name", json_string(f->task));
+  if (f && f->queue) json_object_set_new(obj, "queue", json_string(f->queue));
+  if (f && f->attempt >= 0) json_object_set_new(obj, "attempt", json_integer(f->attempt));
+  if (f && f->duration_ms >= 0)
+    json_object_set_new(obj, "duration_ms", json_integer(f->duration_ms));
+  if (f && f->outcome) json_object_set_new(obj, "outcome", json_string(f->outcome));
   char *out = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
   json_decref(obj);
   return out;
 }
 
-static void emit_json(const char *ts, celer_log_level level, const char *task, char *msg) {
+static void emit_json(const char *ts, celer_log_level level, const char *task,
+                      const celer_log_fields *f, char *msg) {
   for (int round = 0; round < LOG_JSON_SHRINK_ROUNDS; round++) {
-    char *out = json_line(ts, level, task, msg);
+    char *out = json_line(ts, level, task, f, msg);
     if (out == NULL) break;
     size_t len = strlen(out);
     if (len + 1 < LOG_LINE_MAX) {
@@ -206,6 +230,20 @@ static void emit_json(const char *ts, celer_log_level level, const char *task, c
 }
 
 void celer_vlog(celer_log_level level, const char *task_id, const char *fmt, va_list ap) {
+  celer_log_fields f = {.task_id = task_id, .attempt = -1, .duration_ms = -1};
+  celer_vlog_fields(level, &f, fmt, ap);
+}
+
+void celer_log_task(celer_log_level level, const celer_log_fields *f, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  celer_vlog_fields(level, f, fmt, ap);
+  va_end(ap);
+}
+
+void celer_vlog_fields(celer_log_level level, const celer_log_fields *f, const char *fmt,
+                       va_list ap) {
+  const char *task_id = f->task_id;
   if (!celer_log_enabled(level)) return;
   int saved_errno = errno;
   char msg[LOG_LINE_MAX];
@@ -225,9 +263,9 @@ void celer_vlog(celer_log_level level, const char *task_id, const char *fmt, va_
   }
   format_ts(ts);
   if (text) {
-    emit_text(ts, level, task_id ? task : NULL, msg);
+    emit_text(ts, level, task_id ? task : NULL, f, msg);
   } else {
-    emit_json(ts, level, task_id ? task : NULL, msg);
+    emit_json(ts, level, task_id ? task : NULL, f, msg);
   }
   errno = saved_errno;
 }

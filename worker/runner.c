@@ -190,9 +190,11 @@ static int schedule_retry(runner *r, const broker_entry *e, const char *queue, c
   if (outcome == BROKER_RECORDED) {
     r->stats.retried++;
     count_state(r, e->queue_index, CELER_RETRYING);
-    celer_log(CELER_LOG_INFO, id, "%s failed (%s: %s); retry %lld in %lld ms", env->task,
-              res->error_type, res->error_message, (long long)env->attempt + 1,
-              (long long)res->retry_delay_ms);
+    celer_log_fields f = {id, env->task, queue, "RETRYING", env->attempt,
+                          res->finished_at - res->started_at};
+    celer_log_task(CELER_LOG_INFO, &f, "%s failed (%s: %s); retry %lld in %lld ms", env->task,
+                   res->error_type, res->error_message, (long long)env->attempt + 1,
+                   (long long)res->retry_delay_ms);
   } else if (outcome == BROKER_STALE) {
     r->stats.stale++;
     count_fence(r, outcome);
@@ -238,12 +240,18 @@ static int finish(runner *r, const broker_entry *e, const char *queue, const cha
     default: r->stats.failed++; break;
   }
   const char *task = env && env->task[0] ? env->task : "task";
+  celer_log_fields f = {id, env && env->task[0] ? env->task : NULL, queue,
+                        celer_state_name(res->state), env ? env->attempt : -1,
+                        res->started_at ? res->finished_at - res->started_at : -1};
+  /* Successes at debug level: one line per task costs more than the task
+   * at full speed. Everything else is news. */
   if (res->state == CELER_SUCCEEDED)
-    celer_log(CELER_LOG_DEBUG, id, "%s succeeded in %lld ms", task,
-              (long long)(res->finished_at - res->started_at));
+    celer_log_task(CELER_LOG_DEBUG, &f, "%s succeeded in %lld ms", task,
+                   (long long)(res->finished_at - res->started_at));
   else
-    celer_log(res->state == CELER_REJECTED ? CELER_LOG_WARN : CELER_LOG_INFO, id, "%s %s: %s: %s",
-              task, celer_state_name(res->state), res->error_type, res->error_message);
+    celer_log_task(res->state == CELER_REJECTED ? CELER_LOG_WARN : CELER_LOG_INFO, &f,
+                   "%s %s: %s: %s", task, celer_state_name(res->state), res->error_type,
+                   res->error_message);
   return 0;
 }
 

@@ -395,6 +395,36 @@ static void test_queues_in_priority_order_over_tcp(void **state) {
   harness_redis_stop(&tcp);
 }
 
+static void test_task_events_are_json_lines_with_their_fields(void **state) {
+  suite *s = *state;
+  const char *args[] = {"--log-format", "json", "--log-level", "debug", NULL};
+  assert_int_equal(start_worker(s, args), 0);
+  char id[CELER_ID_MAX + 1];
+  assert_int_equal(celer_enqueue(s->client, "test.noop", NULL, NULL, NULL, id), 0);
+  json_t *rec = wait_final(s, NULL, id);
+  json_decref(rec);
+  stop_worker(s);
+  const char *argv[] = {"cat", s->log, NULL};
+  char *out = NULL;
+  assert_int_equal(harness_run(argv, NULL, NULL, 0, &out, NULL, HARNESS_DEADLINE_MS), 0);
+  json_t *event = NULL;
+  for (char *line = strtok(out, "\n"); line && !event; line = strtok(NULL, "\n")) {
+    json_t *doc = json_loads(line, 0, NULL);
+    assert_non_null(doc); /* every line is JSON */
+    const char *task = json_string_value(json_object_get(doc, "task"));
+    if (task && strcmp(task, id) == 0) event = doc;
+    else json_decref(doc);
+  }
+  free(out);
+  assert_non_null(event);
+  assert_string_equal(json_string_value(json_object_get(event, "name")), "test.noop");
+  assert_string_equal(json_string_value(json_object_get(event, "queue")), "default");
+  assert_string_equal(json_string_value(json_object_get(event, "outcome")), "SUCCEEDED");
+  assert_int_equal(json_integer_value(json_object_get(event, "attempt")), 0);
+  assert_true(json_is_integer(json_object_get(event, "duration_ms")));
+  json_decref(event);
+}
+
 static void test_bad_flags_and_missing_module(void **state) {
   suite *s = *state;
   const char *cases[][4] = {
@@ -436,6 +466,8 @@ int main(void) {
                                       test_teardown),
       cmocka_unit_test_setup_teardown(test_queues_in_priority_order_over_tcp, test_setup,
                                       test_teardown),
+      cmocka_unit_test_setup_teardown(test_task_events_are_json_lines_with_their_fields,
+                                      test_setup, test_teardown),
       cmocka_unit_test(test_bad_flags_and_missing_module),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
