@@ -3,7 +3,7 @@
 # and quick when everything is present; uses sudo when not root.
 set -eu
 PACKAGES="build-essential cmake pkg-config libhiredis-dev libev-dev libjansson-dev
-libjwt-dev libcmocka-dev libsqlite3-dev libcurl4-openssl-dev redis-server redis-tools"
+libjwt-dev libcmocka-dev libsqlite3-dev libcurl4-openssl-dev redis-server redis-tools curl"
 
 missing=""
 for p in $PACKAGES; do
