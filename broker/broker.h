@@ -202,12 +202,13 @@ typedef struct broker_completion {
 #define BROKER_DUPLICATE 0  /* the task already had a final record */
 #define BROKER_STALE -1     /* the lease was lost: nothing was changed */
 
-/* Records a final outcome in one script: checks the lease, XACK + XDEL the
- * entry, writes the record (unless the task already has a final one),
- * dead-letters it when asked (bounded by b->dead_max and b->dead_ttl_ms),
- * bumps counters, PUBLISHes the state. *outcome is BROKER_RECORDED,
- * BROKER_DUPLICATE or BROKER_STALE. */
-int broker_complete(broker_conn *b, const broker_completion *c, int *outcome);
+/* Records the final outcomes of n tasks of one queue (c[0].queue, one
+ * consumer, one TTL) in one script call per batch: for each, checks the
+ * lease, XACK + XDEL the entry, writes the record (unless the task already
+ * has a final one), dead-letters it when asked (bounded by b->dead_max and
+ * b->dead_ttl_ms), bumps counters, PUBLISHes the state. outcomes[i] is
+ * BROKER_RECORDED, BROKER_DUPLICATE or BROKER_STALE. */
+int broker_complete(broker_conn *b, const broker_completion *c, size_t n, int *outcomes);
 
 /* A leased entry to move into the scheduled set (reschedule.lua). */
 typedef struct broker_reschedule_req {

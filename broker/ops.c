@@ -330,30 +330,63 @@ int broker_integer_reply(broker_conn *b, redisReply *r, const char *script, int 
   return rc;
 }
 
-int broker_complete(broker_conn *b, const broker_completion *c, int *outcome) {
-  char stream[BROKER_KEY_MAX + 1], result[BROKER_KEY_MAX + 1], stats[BROKER_KEY_MAX + 1],
-      dead[BROKER_KEY_MAX + 1], entries[BROKER_KEY_MAX + 1], channel[BROKER_KEY_MAX + 1],
+/* Tasks recorded per complete.lua call: a prefetch batch fits, and the
+ * argument vector stays bounded. */
+#define COMPLETE_BATCH 200
+#define COMPLETE_FIXED_ARGS 11 /* 4 keys + 7 arguments before the items */
+
+int broker_complete(broker_conn *b, const broker_completion *c, size_t n, int *outcomes) {
+  char stream[BROKER_KEY_MAX + 1], stats[BROKER_KEY_MAX + 1], dead[BROKER_KEY_MAX + 1],
+      entries[BROKER_KEY_MAX + 1], results[BROKER_KEY_MAX + 1], done[BROKER_KEY_MAX + 1],
       ttl[24], dead_max[24], dead_age[24];
-  broker_key(stream, b->ns, c->queue, "stream", NULL);
-  broker_key(result, b->ns, c->queue, "result:", c->task_id);
-  broker_key(stats, b->ns, c->queue, "stats", NULL);
-  broker_key(dead, b->ns, c->queue, "dead", NULL);
-  broker_key(entries, b->ns, c->queue, "dead:entries", NULL);
-  broker_key(channel, b->ns, c->queue, "done:", c->task_id);
-  snprintf(ttl, sizeof ttl, "%lld", (long long)(c->ttl_ms > 0 ? c->ttl_ms : 1));
+  const char *argv[COMPLETE_FIXED_ARGS + 5 * COMPLETE_BATCH];
+  size_t len[COMPLETE_FIXED_ARGS + 5 * COMPLETE_BATCH];
+  if (n == 0) return 0;
+  const char *queue = c[0].queue;
+  broker_key(stream, b->ns, queue, "stream", NULL);
+  broker_key(stats, b->ns, queue, "stats", NULL);
+  broker_key(dead, b->ns, queue, "dead", NULL);
+  broker_key(entries, b->ns, queue, "dead:entries", NULL);
+  broker_key(results, b->ns, queue, "result:", NULL);
+  broker_key(done, b->ns, queue, "done:", NULL);
+  snprintf(ttl, sizeof ttl, "%lld", (long long)(c[0].ttl_ms > 0 ? c[0].ttl_ms : 1));
   snprintf(dead_max, sizeof dead_max, "%lld", (long long)b->dead_max);
   snprintf(dead_age, sizeof dead_age, "%lld", (long long)b->dead_ttl_ms);
-  const char *argv[16] = {stream, result, stats, dead, entries,
-                          BROKER_GROUP, c->entry_id ? c->entry_id : "", c->consumer,
-                          c->record, ttl, celer_state_name(c->state), channel, c->task_id,
-                          c->dead_entry ? c->dead_entry : "", dead_max, dead_age};
-  size_t len[16];
-  for (int i = 0; i < 16; i++) len[i] = strlen(argv[i]);
-  len[8] = c->record_len;
-  len[13] = c->dead_entry ? c->dead_len : 0;
-  int code;
-  redisReply *r = broker_eval(b, &code, BROKER_SCRIPT_COMPLETE, 5, argv, len, 16);
-  return r ? broker_integer_reply(b, r, "complete", outcome) : code;
+  for (size_t done_n = 0; done_n < n;) {
+    size_t k = n - done_n > COMPLETE_BATCH ? COMPLETE_BATCH : n - done_n;
+    const char *fixed[COMPLETE_FIXED_ARGS] = {stream, stats, dead, entries, BROKER_GROUP,
+                                              c[0].consumer, ttl, dead_max, dead_age,
+                                              results, done};
+    int argc = 0;
+    for (; argc < COMPLETE_FIXED_ARGS; argc++) {
+      argv[argc] = fixed[argc];
+      len[argc] = strlen(fixed[argc]);
+    }
+    for (size_t i = 0; i < k; i++) {
+      const broker_completion *it = &c[done_n + i];
+      const char *item[5] = {it->entry_id ? it->entry_id : "", it->task_id, it->record,
+                             celer_state_name(it->state), it->dead_entry ? it->dead_entry : ""};
+      size_t ilen[5] = {strlen(item[0]), strlen(item[1]), it->record_len, strlen(item[3]),
+                        it->dead_entry ? it->dead_len : 0};
+      for (int j = 0; j < 5; j++) {
+        argv[argc] = item[j];
+        len[argc++] = ilen[j];
+      }
+    }
+    int code;
+    redisReply *r = broker_eval(b, &code, BROKER_SCRIPT_COMPLETE, 4, argv, len, argc);
+    if (r == NULL) return code;
+    int rc = 0;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != k) {
+      rc = broker_fail(b, CELER_EPROTO, "the complete script returned an unexpected reply");
+    } else {
+      for (size_t i = 0; i < k; i++) outcomes[done_n + i] = (int)r->element[i]->integer;
+    }
+    freeReplyObject(r);
+    if (rc != 0) return rc;
+    done_n += k;
+  }
+  return 0;
 }
 
 int broker_reschedule(broker_conn *b, const broker_reschedule_req *q, int *outcome) {

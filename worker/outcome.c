@@ -77,9 +77,9 @@ static char *dead_entry(const broker_entry *e, const char *record, size_t *len) 
   return out;
 }
 
-int outcome_complete(const outcome_sink *s, const broker_entry *e, const char *queue,
-                     const char *id, const celer_envelope *env, const run_result *res,
-                     int *outcome) {
+int outcome_prepare(const outcome_sink *s, const broker_entry *e, const char *queue,
+                    const char *id, const celer_envelope *env, const run_result *res,
+                    broker_completion *c) {
   char *json = NULL, *dead = NULL;
   size_t len = 0, dead_len = 0;
   int rc = outcome_encode(s, e, queue, id, env, res, &json, &len);
@@ -90,19 +90,28 @@ int outcome_complete(const outcome_sink *s, const broker_entry *e, const char *q
       return CELER_ENOMEM;
     }
   }
-  broker_completion c = {.queue = queue,
-                         .entry_id = e->entry_id,
-                         .consumer = s->consumer,
-                         .task_id = id,
-                         .state = res->state,
-                         .record = json,
-                         .record_len = len,
-                         .ttl_ms = s->result_ttl_ms,
-                         .dead_entry = dead,
-                         .dead_len = dead_len};
-  rc = broker_complete(s->conn, &c, outcome);
-  free(json);
-  free(dead);
+  *c = (broker_completion){.queue = queue,
+                           .entry_id = e->entry_id,
+                           .consumer = s->consumer,
+                           .task_id = id,
+                           .state = res->state,
+                           .record = json,
+                           .record_len = len,
+                           .ttl_ms = s->result_ttl_ms,
+                           .dead_entry = dead,
+                           .dead_len = dead_len};
+  return 0;
+}
+
+int outcome_complete(const outcome_sink *s, const broker_entry *e, const char *queue,
+                     const char *id, const celer_envelope *env, const run_result *res,
+                     int *outcome) {
+  broker_completion c;
+  int rc = outcome_prepare(s, e, queue, id, env, res, &c);
+  if (rc != 0) return rc;
+  rc = broker_complete(s->conn, &c, 1, outcome);
+  free((char *)c.record);
+  free((char *)c.dead_entry);
   return rc;
 }
 

@@ -31,6 +31,13 @@
  * accepts values up to 512 MiB. */
 #define RUNNER_SALVAGE_MAX (16 * 1024 * 1024)
 
+static void pending_clear(pending_done *p) {
+  free((char *)p->c.record);
+  free((char *)p->c.dead_entry);
+  free(p->error_message);
+  memset(p, 0, sizeof *p);
+}
+
 int runner_init(runner *r, broker_conn *conn, const celer_registry *reg,
                 const runner_config *cfg, volatile sig_atomic_t *stop, worker_slot *slot) {
   memset(r, 0, sizeof *r);
@@ -44,10 +51,15 @@ int runner_init(runner *r, broker_conn *conn, const celer_registry *reg,
   size_t n = cfg->nqueues ? cfg->nqueues : 1;
   r->paused = calloc(n, sizeof *r->paused);
   r->active = calloc(n, sizeof *r->active);
-  return r->paused && r->active ? 0 : CELER_ENOMEM;
+  r->cap_pending = (size_t)r->cfg.prefetch;
+  r->pending = calloc(r->cap_pending, sizeof *r->pending);
+  return r->paused && r->active && r->pending ? 0 : CELER_ENOMEM;
 }
 
 void runner_free(runner *r) {
+  for (size_t i = 0; i < r->npending; i++) pending_clear(&r->pending[i]);
+  free(r->pending);
+  r->pending = NULL;
   free(r->paused);
   free(r->active);
   r->paused = NULL;
@@ -206,22 +218,18 @@ static int schedule_retry(runner *r, const broker_entry *e, const char *queue, c
   return 0;
 }
 
-/* Records a final outcome and counts it. */
-static int finish(runner *r, const broker_entry *e, const char *queue, const char *id,
-                  const celer_envelope *env, const run_result *res) {
-  outcome_sink sink = sink_of(r);
-  int outcome = 0;
-  int rc = outcome_complete(&sink, e, queue, id, env, res, &outcome);
-  if (rc != 0) return rc;
+/* Counts and logs a final outcome once the broker said what became of it. */
+static void account(runner *r, const pending_done *p, int outcome) {
+  const char *id = p->id;
   if (outcome == BROKER_STALE) {
     r->stats.stale++;
     count_fence(r, outcome);
     celer_log(CELER_LOG_WARN, id, "lease lost while running: this %s was not recorded",
-              celer_state_name(res->state));
-    return 0;
+              celer_state_name(p->state));
+    return;
   }
   if (outcome == BROKER_DUPLICATE) {
-    if (res->state == CELER_CANCELED) {
+    if (p->state == CELER_CANCELED) {
       r->stats.canceled++;
       celer_log(CELER_LOG_INFO, id, "canceled: dropped without running");
     } else {
@@ -229,29 +237,83 @@ static int finish(runner *r, const broker_entry *e, const char *queue, const cha
       count_fence(r, outcome);
       celer_log(CELER_LOG_WARN, id, "task already had a final record; this run was a duplicate");
     }
-    return 0;
+    return;
   }
-  count_state(r, e->queue_index, res->state);
-  switch (res->state) {
+  count_state(r, p->queue_index, p->state);
+  switch (p->state) {
     case CELER_SUCCEEDED: r->stats.succeeded++; break;
     case CELER_REJECTED: r->stats.rejected++; break;
     case CELER_EXPIRED: r->stats.expired++; break;
     case CELER_CANCELED: r->stats.canceled++; break;
     default: r->stats.failed++; break;
   }
-  const char *task = env && env->task[0] ? env->task : "task";
-  celer_log_fields f = {id, env && env->task[0] ? env->task : NULL, queue,
-                        celer_state_name(res->state), env ? env->attempt : -1,
-                        res->started_at ? res->finished_at - res->started_at : -1};
+  const char *task = p->task[0] ? p->task : "task";
+  celer_log_fields f = {id, p->task[0] ? p->task : NULL, r->cfg.queues[p->queue_index],
+                        celer_state_name(p->state), p->attempt, p->duration_ms};
   /* Successes at debug level: one line per task costs more than the task
    * at full speed. Everything else is news. */
-  if (res->state == CELER_SUCCEEDED)
+  if (p->state == CELER_SUCCEEDED)
     celer_log_task(CELER_LOG_DEBUG, &f, "%s succeeded in %lld ms", task,
-                   (long long)(res->finished_at - res->started_at));
+                   (long long)p->duration_ms);
   else
-    celer_log_task(res->state == CELER_REJECTED ? CELER_LOG_WARN : CELER_LOG_INFO, &f,
-                   "%s %s: %s: %s", task, celer_state_name(res->state), res->error_type,
-                   res->error_message);
+    celer_log_task(p->state == CELER_REJECTED ? CELER_LOG_WARN : CELER_LOG_INFO, &f,
+                   "%s %s: %s: %s", task, celer_state_name(p->state), p->error_type,
+                   p->error_message ? p->error_message : "");
+}
+
+/* Records every final outcome waiting in r->pending: one script call per
+ * queue. On a broker error they stay unrecorded (their entries pending:
+ * the leases bring them back). */
+static int flush(runner *r) {
+  int rc = 0;
+  broker_completion *batch = calloc(r->npending ? r->npending : 1, sizeof *batch);
+  size_t *which = calloc(r->npending ? r->npending : 1, sizeof *which);
+  int *outcomes = calloc(r->npending ? r->npending : 1, sizeof *outcomes);
+  if (!batch || !which || !outcomes) rc = CELER_ENOMEM;
+  for (size_t q = 0; rc == 0 && q < r->cfg.nqueues; q++) {
+    size_t k = 0;
+    for (size_t i = 0; i < r->npending; i++) {
+      if (r->pending[i].queue_index != q) continue;
+      batch[k] = r->pending[i].c;
+      which[k++] = i;
+    }
+    if (k == 0) continue;
+    rc = broker_complete(r->conn, batch, k, outcomes);
+    for (size_t j = 0; rc == 0 && j < k; j++) account(r, &r->pending[which[j]], outcomes[j]);
+  }
+  for (size_t i = 0; i < r->npending; i++) pending_clear(&r->pending[i]);
+  r->npending = 0;
+  free(batch);
+  free(which);
+  free(outcomes);
+  return rc;
+}
+
+/* Queues a final outcome to be recorded with the rest of its batch; the
+ * batch goes out when it is done, or sooner when this one has waited
+ * RUNNER_FLUSH_MS (a slow batch must not hold finished results back). */
+static int finish(runner *r, const broker_entry *e, const char *queue, const char *id,
+                  const celer_envelope *env, const run_result *res) {
+  pending_done *p = &r->pending[r->npending];
+  outcome_sink sink = sink_of(r);
+  int rc = outcome_prepare(&sink, e, queue, id, env, res, &p->c);
+  if (rc != 0) return rc;
+  snprintf(p->id, sizeof p->id, "%s", id);
+  snprintf(p->entry_id, sizeof p->entry_id, "%s", e->entry_id);
+  snprintf(p->task, sizeof p->task, "%s", env && env->task[0] ? env->task : "");
+  snprintf(p->error_type, sizeof p->error_type, "%s", res->error_type);
+  p->error_message = res->state == CELER_SUCCEEDED ? NULL : strdup(res->error_message);
+  /* The completion borrows strings that must outlive the entry. */
+  p->c.task_id = p->id;
+  p->c.entry_id = p->entry_id;
+  p->c.queue = r->cfg.queues[e->queue_index];
+  p->queue_index = e->queue_index;
+  p->state = res->state;
+  p->attempt = env ? env->attempt : -1;
+  p->duration_ms = res->started_at ? res->finished_at - res->started_at : -1;
+  if (r->npending++ == 0) r->first_pending_mono = celer_mono_ms();
+  if (r->npending == r->cap_pending || celer_mono_ms() - r->first_pending_mono >= RUNNER_FLUSH_MS)
+    return flush(r);
   return 0;
 }
 
@@ -463,9 +525,7 @@ static void slot_release_first(runner *r) {
  * recycling (task count or resident size). */
 static bool should_stop(runner *r) {
   if (*r->stop) return true;
-  uint64_t done = r->stats.succeeded + r->stats.failed + r->stats.retried + r->stats.rejected +
-                  r->stats.expired + r->stats.canceled + r->stats.stale + r->stats.duplicates;
-  if (r->cfg.max_tasks > 0 && done >= r->cfg.max_tasks) return true;
+  if (r->cfg.max_tasks > 0 && r->stats.handled >= r->cfg.max_tasks) return true;
   if (r->cfg.max_rss_kb > 0) {
     long pages = 0, resident = 0;
     FILE *f = fopen("/proc/self/statm", "r");
@@ -543,8 +603,10 @@ int runner_step(runner *r) {
       checked = celer_mono_ms();
     }
     if (rc == 0) rc = handle_entry(r, &entries[i], canceled[i]);
+    if (rc == 0) r->stats.handled++;
     if (rc == 0) slot_release_first(r);
   }
+  if (rc == 0 && r->npending > 0) rc = flush(r);
   /* Taken but not started: back to the queue for others, at once. After
    * a broker error they stay pending: this child stops claiming them, so
    * their leases expire and the reclaimer brings them back. */

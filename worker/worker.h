@@ -118,6 +118,13 @@ typedef struct outcome_sink {
 int outcome_encode(const outcome_sink *s, const broker_entry *e, const char *queue,
                    const char *id, const celer_envelope *env, const run_result *res,
                    char **json, size_t *len);
+/* Builds the completion of a run into *c: its record and, for FAILED and
+ * REJECTED tasks, the dead-set entry with the envelope (both malloc'd: the
+ * caller frees c->record and c->dead_entry). Strings of e, queue and id
+ * are borrowed by c. */
+int outcome_prepare(const outcome_sink *s, const broker_entry *e, const char *queue,
+                    const char *id, const celer_envelope *env, const run_result *res,
+                    broker_completion *c);
 /* Records a final outcome (complete.lua); FAILED and REJECTED tasks are
  * dead-lettered with their envelope. *outcome is a BROKER_* value. */
 int outcome_complete(const outcome_sink *s, const broker_entry *e, const char *queue,
@@ -352,9 +359,27 @@ typedef struct runner_config {
 } runner_config;
 
 typedef struct runner_stats {
+  uint64_t handled; /* entries taken to an outcome (recycling counts these) */
   uint64_t fetched, succeeded, failed, retried, rejected, expired, canceled, duplicates,
       stale;
 } runner_stats;
+
+/* Longest a finished result waits for the rest of its batch before it is
+ * recorded: batching saves round trips, not latency. */
+#define RUNNER_FLUSH_MS 20
+
+/* A final outcome waiting to be recorded with the rest of its batch. */
+typedef struct pending_done {
+  broker_completion c;              /* record and dead entry owned */
+  char id[CELER_ID_MAX + 1];
+  char entry_id[BROKER_ENTRY_ID_MAX + 1];
+  char task[CELER_TASK_NAME_MAX + 1];
+  char error_type[WORKER_ERROR_TYPE_MAX];
+  char *error_message;              /* owned; NULL on success */
+  size_t queue_index;
+  celer_state state;
+  int64_t attempt, duration_ms;
+} pending_done;
 
 typedef struct runner {
   broker_conn *conn;                 /* borrowed */
@@ -365,6 +390,9 @@ typedef struct runner {
   bool *paused;                      /* owned; per queue */
   const char **active;               /* owned; the queues not paused */
   int64_t next_pause_check;
+  pending_done *pending;             /* owned; room for a prefetch batch */
+  size_t npending, cap_pending;
+  int64_t first_pending_mono;
   runner_stats stats;
 } runner;
 
