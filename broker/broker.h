@@ -85,12 +85,20 @@ void broker_url_describe(const broker_url *u, char *buf, size_t size);
 #define BROKER_BLOCK_GRACE_MS 2000
 #define BROKER_SCRIPT_COUNT 9
 
+/* Queue names a connection remembers as registered. */
+#define BROKER_REGISTERED_MAX 16
+
 typedef struct broker_conn {
   struct redisContext *ctx;   /* owned; NULL when disconnected */
   broker_url url;
   char ns[CELER_NAMESPACE_MAX + 1];
   int timeout_ms;
   int64_t max_payload;
+  int64_t last_used_mono;     /* last broker_ensure, for the idle check */
+  /* Queues this connection has put in <ns>:queues (enqueue skips the SADD
+   * for them; forgotten on reconnect, in case the broker lost them). */
+  char registered[BROKER_REGISTERED_MAX][CELER_QUEUE_NAME_MAX + 1];
+  size_t nregistered;
   int64_t dead_max;           /* dead set bound: entries */
   int64_t dead_ttl_ms;        /* dead set bound: age */
   char scripts_sha[BROKER_SCRIPT_COUNT][41]; /* "" until loaded */

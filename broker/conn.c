@@ -130,6 +130,7 @@ static int check_access(broker_conn *b) {
 int broker_connect(broker_conn *b) {
   broker_close(b);
   memset(b->scripts_sha, 0, sizeof b->scripts_sha);
+  b->nregistered = 0;
   struct timeval tv = broker_tv(b->timeout_ms);
   char desc[BROKER_HOST_MAX + BROKER_SOCKET_PATH_MAX + 64];
   broker_url_describe(&b->url, desc, sizeof desc);
@@ -166,7 +167,14 @@ static bool peer_gone(const redisContext *ctx) {
   return n != 0;
 }
 
+/* A connection used this recently is known to work; one idle longer may
+ * have been closed by the server (restart, timeout) and is checked first. */
+#define BROKER_IDLE_CHECK_MS 1000
+
 int broker_ensure(broker_conn *b) {
-  if (b->ctx && b->ctx->err == 0 && !peer_gone(b->ctx)) return 0;
+  int64_t now = celer_mono_ms();
+  bool idle = now - b->last_used_mono > BROKER_IDLE_CHECK_MS;
+  b->last_used_mono = now;
+  if (b->ctx && b->ctx->err == 0 && !(idle && peer_gone(b->ctx))) return 0;
   return broker_connect(b);
 }

@@ -65,6 +65,17 @@ static void fail_pending(broker_push *pushes, size_t n, int code) {
     if (pushes[i].status == 1) pushes[i].status = code;
 }
 
+static bool known_queue(const broker_conn *b, const char *queue) {
+  for (size_t i = 0; i < b->nregistered; i++)
+    if (strcmp(b->registered[i], queue) == 0) return true;
+  return false;
+}
+
+static void remember_queue(broker_conn *b, const char *queue) {
+  if (b->nregistered < BROKER_REGISTERED_MAX && !known_queue(b, queue))
+    snprintf(b->registered[b->nregistered++], CELER_QUEUE_NAME_MAX + 1, "%s", queue);
+}
+
 /* True when push i is the first of its queue in the batch (or the batch
  * spans too many queues to track), so it is preceded by a SADD. */
 static bool first_of_queue(const broker_push *pushes, size_t i) {
@@ -89,7 +100,7 @@ int broker_enqueue(broker_conn *b, broker_push *pushes, size_t n) {
   for (size_t i = 0; i < n; i++) pushes[i].status = rc ? rc : 1;
   int64_t now = celer_now_ms();
   for (size_t i = 0; rc == 0 && i < n; i++) {
-    registers[i] = first_of_queue(pushes, i);
+    registers[i] = !known_queue(b, pushes[i].queue) && first_of_queue(pushes, i);
     int k = -1;
     if ((registers[i] && append_register(b, pushes[i].queue) != REDIS_OK) ||
         (k = append_push(b, &pushes[i], now)) < 0) {
@@ -117,6 +128,8 @@ int broker_enqueue(broker_conn *b, broker_push *pushes, size_t n) {
     }
     if (pushes[i].status == 1) pushes[i].status = 0;
   }
+  for (size_t i = 0; rc == 0 && i < n; i++)
+    if (registers[i] && pushes[i].status == 0) remember_queue(b, pushes[i].queue);
   free(registers);
   free(replies);
   for (size_t i = 0; rc == 0 && i < n; i++)

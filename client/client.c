@@ -35,19 +35,23 @@ static void sigpipe_set(sigset_t *set) {
 }
 
 void client_sigpipe_block(client_sigpipe_guard *g) {
-  sigset_t pipe_set, pending;
+  sigset_t pipe_set;
   sigpipe_set(&pipe_set);
-  g->was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE);
   pthread_sigmask(SIG_BLOCK, &pipe_set, &g->old);
 }
 
-void client_sigpipe_restore(const client_sigpipe_guard *g) {
+void client_sigpipe_restore(const client_sigpipe_guard *g, int rc) {
   int saved = errno;
-  sigset_t pipe_set, pending;
-  sigpipe_set(&pipe_set);
-  if (!g->was_pending && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE)) {
-    const struct timespec now = {0, 0};
-    while (sigtimedwait(&pipe_set, NULL, &now) < 0 && errno == EINTR) {
+  /* A SIGPIPE is raised only by a write that failed, so only a failed
+   * call looks for one to consume (one the caller had blocked and pending
+   * already is theirs, and stays). */
+  if (rc != 0 && !sigismember(&g->old, SIGPIPE)) {
+    sigset_t pipe_set, pending;
+    sigpipe_set(&pipe_set);
+    if (sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE)) {
+      const struct timespec now = {0, 0};
+      while (sigtimedwait(&pipe_set, NULL, &now) < 0 && errno == EINTR) {
+      }
     }
   }
   pthread_sigmask(SIG_SETMASK, &g->old, NULL);

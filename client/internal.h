@@ -35,17 +35,17 @@ int client_check_names(celer_client *c, const char *queue, const char *id);
  * calling thread, and one it raised itself is consumed. */
 typedef struct client_sigpipe_guard {
   sigset_t old;
-  int was_pending;
 } client_sigpipe_guard;
 void client_sigpipe_block(client_sigpipe_guard *g);
-void client_sigpipe_restore(const client_sigpipe_guard *g);
+/* rc: the guarded call's result (only a failed call can have raised one). */
+void client_sigpipe_restore(const client_sigpipe_guard *g, int rc);
 /* Evaluates call (an int expression) with SIGPIPE guarded. */
 #define CLIENT_GUARDED(call)                 \
   __extension__({                            \
     client_sigpipe_guard guard_;             \
     client_sigpipe_block(&guard_);           \
     int rc_ = (call);                        \
-    client_sigpipe_restore(&guard_);         \
+    client_sigpipe_restore(&guard_, rc_);    \
     rc_;                                     \
   })
 
