@@ -50,3 +50,9 @@ install: build
 
 clean:
 	rm -rf $(BUILD_DIR) $(ASAN_DIR)
+
+# Every benchmark workload with defaults that finish within a few minutes
+# on 2 cores; the table goes to stdout, the report to bench-report.json.
+.PHONY: bench
+bench: build
+	@$(BUILD_DIR)/bin/celer-bench all --json bench-report.json

@@ -94,7 +94,6 @@ typedef struct broker_conn {
   char ns[CELER_NAMESPACE_MAX + 1];
   int timeout_ms;
   int64_t max_payload;
-  int64_t last_used_mono;     /* last broker_ensure, for the idle check */
   /* Queues this connection has put in <ns>:queues (enqueue skips the SADD
    * for them; forgotten on reconnect, in case the broker lost them). */
   char registered[BROKER_REGISTERED_MAX][CELER_QUEUE_NAME_MAX + 1];
@@ -265,6 +264,8 @@ int broker_read_entry(broker_conn *b, const char *queue, const char *entry_id,
  * <ns>:workers:seen (zset name -> last heartbeat, ms). */
 int broker_heartbeat(broker_conn *b, const char *name, const char *entry, size_t len);
 int broker_unregister_worker(broker_conn *b, const char *name);
+/* Drops registry entries whose last heartbeat is before `before` (ms). */
+int broker_prune_workers(broker_conn *b, int64_t before);
 /* Depths of queue in one round trip: out[0] ready (in the stream, not yet
  * taken), out[1] active (taken, not yet recorded), out[2] scheduled,
  * out[3] dead. */

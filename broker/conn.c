@@ -167,14 +167,9 @@ static bool peer_gone(const redisContext *ctx) {
   return n != 0;
 }
 
-/* A connection used this recently is known to work; one idle longer may
- * have been closed by the server (restart, timeout) and is checked first. */
-#define BROKER_IDLE_CHECK_MS 1000
-
 int broker_ensure(broker_conn *b) {
-  int64_t now = celer_mono_ms();
-  bool idle = now - b->last_used_mono > BROKER_IDLE_CHECK_MS;
-  b->last_used_mono = now;
-  if (b->ctx && b->ctx->err == 0 && !(idle && peer_gone(b->ctx))) return 0;
+  /* One poll(2) per request: a connection the server closed between two
+   * requests is replaced before it can fail the next one. */
+  if (b->ctx && b->ctx->err == 0 && !peer_gone(b->ctx)) return 0;
   return broker_connect(b);
 }

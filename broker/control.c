@@ -364,3 +364,24 @@ int broker_queue_depths(broker_conn *b, const char *queue, int64_t out[4]) {
   }
   return free_replies(b, "queue depths", r, r[3] ? 4 : 3);
 }
+
+int broker_prune_workers(broker_conn *b, int64_t before) {
+  char workers[BROKER_KEY_MAX + 1], seen[BROKER_KEY_MAX + 1], max[24];
+  snprintf(workers, sizeof workers, "%s:workers", b->ns);
+  snprintf(seen, sizeof seen, "%s:workers:seen", b->ns);
+  snprintf(max, sizeof max, "(%lld", (long long)before);
+  const char *range[4] = {"ZRANGEBYSCORE", seen, "-inf", max};
+  int code;
+  redisReply *r = broker_command(b, &code, 4, range, NULL);
+  if (r == NULL) return code;
+  int rc = 0;
+  if (r->type == REDIS_REPLY_ARRAY) {
+    for (size_t i = 0; rc == 0 && i < r->elements; i++)
+      if (r->element[i]->type == REDIS_REPLY_STRING)
+        rc = broker_unregister_worker(b, r->element[i]->str);
+  } else if (r->type == REDIS_REPLY_ERROR) {
+    rc = broker_reply_error(b, r, "ZRANGEBYSCORE");
+  }
+  freeReplyObject(r);
+  return rc;
+}

@@ -27,11 +27,15 @@ static void reset_signals(void) {
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sigemptyset(&sa.sa_mask);
+  /* Restart: a stop request or a log rotation must not make a running
+   * handler's read or write fail with EINTR. */
+  sa.sa_flags = SA_RESTART;
   sa.sa_handler = on_stop;
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
   sa.sa_handler = on_hup;
   sigaction(SIGHUP, &sa, NULL);
+  sa.sa_flags = 0;
   sa.sa_handler = SIG_DFL;
   sigaction(SIGQUIT, &sa, NULL);
   sigaction(SIGCHLD, &sa, NULL);

@@ -512,15 +512,6 @@ static void slot_hold(runner *r, const broker_entry *entries, size_t n) {
   slot_write_end(r->slot);
 }
 
-/* Drops the first entry of the held list (entries run in fetch order). */
-static void slot_release_first(runner *r) {
-  if (r->slot == NULL || r->slot->nheld == 0) return;
-  slot_write_begin(r->slot);
-  memmove(r->slot->held, r->slot->held + 1, (r->slot->nheld - 1) * sizeof r->slot->held[0]);
-  r->slot->nheld--;
-  slot_write_end(r->slot);
-}
-
 /* True when this child should stop taking tasks: asked to, or due for
  * recycling (task count or resident size). */
 static bool should_stop(runner *r) {
@@ -565,7 +556,13 @@ int runner_step(runner *r) {
   size_t nactive = active_queues(r);
   if (r->conn->ctx == NULL && broker_ensure(r->conn) != 0) return CELER_ECONNECT;
   if (nactive == 0) {
-    /* Every queue is paused: wait for the next look at the flags. */
+    /* Every queue is paused: wait for the next look at the flags (and say
+     * this child is alive: it is not stuck, only told to wait). */
+    if (r->slot) {
+      slot_write_begin(r->slot);
+      r->slot->run.last_fetch_mono = celer_mono_ms();
+      slot_write_end(r->slot);
+    }
     struct timespec ts = {0, RUNNER_PAUSE_CHECK_MS * 1000000L};
     nanosleep(&ts, NULL);
     return 0;
@@ -602,11 +599,21 @@ int runner_step(runner *r) {
       rc = check_canceled(r, entries + i, n - i, canceled + i);
       checked = celer_mono_ms();
     }
+    /* A finished result waits for its batch, but not past the start of a
+     * run once it is RUNNER_FLUSH_MS old. Its entry stays in the held list
+     * (its lease renewed) until it is recorded. */
+    if (rc == 0 && r->npending > 0 && celer_mono_ms() - r->first_pending_mono >= RUNNER_FLUSH_MS)
+      rc = flush(r);
     if (rc == 0) rc = handle_entry(r, &entries[i], canceled[i]);
     if (rc == 0) r->stats.handled++;
-    if (rc == 0) slot_release_first(r);
   }
   if (rc == 0 && r->npending > 0) rc = flush(r);
+  if (rc == 0 && r->slot) {
+    /* Recorded (or rescheduled) up to i; the rest is handed back below. */
+    slot_write_begin(r->slot);
+    r->slot->nheld = 0;
+    slot_write_end(r->slot);
+  }
   /* Taken but not started: back to the queue for others, at once. After
    * a broker error they stay pending: this child stops claiming them, so
    * their leases expire and the reclaimer brings them back. */
@@ -632,6 +639,11 @@ int runner_loop(runner *r) {
     /* Full jitter, so that workers cut off together do not come back
      * together. */
     int64_t wait = pause / 2 + celer_jitter(pause / 2);
+    if (r->slot) {
+      slot_write_begin(r->slot);
+      r->slot->counters.reconnects++;
+      slot_write_end(r->slot);
+    }
     celer_error("%s; retrying in %lld ms", r->conn->errstr, (long long)wait);
     /* Wait out the pause in slices so a stop request is honoured. */
     int64_t until = celer_mono_ms() + wait;

@@ -143,6 +143,14 @@ static void record_lost_run(supervisor *s, child *c, const slot_run *run, int st
     }
     rc = outcome_complete(&sink, e, queue, env.id, &env, &res, &outcome);
   }
+  if (rc == 0 && outcome == BROKER_RECORDED && run->queue_index < WORKER_QUEUES_MAX) {
+    /* The child is gone and its replacement not yet forked: the slot's
+     * counters are the supervisor's to add to. */
+    worker_slot *slot = &s->slots[c->index];
+    slot_write_begin(slot);
+    slot->counters.by_state[run->queue_index][res.state]++;
+    slot_write_end(slot);
+  }
   if (rc != 0)
     celer_log(CELER_LOG_ERROR, env.id, "recording a lost run: %s", s->conn.errstr);
   else
@@ -190,7 +198,9 @@ static void on_child_exit(struct ev_loop *loop, ev_child *w, int revents) {
   c->pid = 0;
   char how[32];
   describe_status(status, how, sizeof how);
-  bool clean = WIFEXITED(status) && WEXITSTATUS(status) == WORKER_EXIT_OK;
+  /* Exiting 0 in the middle of a run (a handler called exit) is a crash
+   * for the task, not a recycling. */
+  bool clean = WIFEXITED(status) && WEXITSTATUS(status) == WORKER_EXIT_OK && !run.busy;
 
   if (s->stopping) {
     /* Whatever it still held goes back at once, started or not. */
@@ -327,6 +337,7 @@ static void on_hup(struct ev_loop *loop, ev_signal *w, int revents) {
   worker_reopen_log();
   for (size_t i = 0; i < s->n; i++)
     if (s->children[i].pid > 0) kill(s->children[i].pid, SIGHUP);
+  if (s->keeper.pid > 0) kill(s->keeper.pid, SIGHUP);
   celer_info("log file reopened");
 }
 
@@ -489,6 +500,7 @@ int supervisor_run(worker_config *cfg) {
                         .nqueues = cfg->nqueues,
                         .name = cfg->name,
                         .host = cfg->host,
+                        .pid = getpid(),
                         .started_at = celer_now_ms(),
                         .consumer = reclaimer,
                         .lease_ms = cfg->lease_ms,

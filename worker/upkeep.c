@@ -14,6 +14,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include "common/common.h"
 #include "worker/worker.h"
@@ -127,7 +128,7 @@ static char *registry_entry(upkeep *u, size_t *len) {
   int64_t now = celer_now_ms();
   json_t *doc = json_pack(
       "{sssssIsosIsIsIsIsIsIsIsI}", "name", u->cfg.name, "host", u->cfg.host, "pid",
-      (json_int_t)getpid(), "queues", queues ? queues : json_array(), "concurrency",
+      (json_int_t)u->cfg.pid, "queues", queues ? queues : json_array(), "concurrency",
       (json_int_t)u->cfg.nslots, "children", (json_int_t)children, "busy", (json_int_t)busy,
       "processed", (json_int_t)processed, "failed", (json_int_t)failed, "started_at",
       (json_int_t)u->cfg.started_at, "last_heartbeat", (json_int_t)now, "last_fetch",
@@ -145,6 +146,9 @@ static int heartbeat(upkeep *u) {
   if (entry == NULL) return CELER_ENOMEM;
   int rc = broker_heartbeat(&u->conn, u->cfg.name, entry, len);
   free(entry);
+  /* Workers killed without a goodbye stay listed (as stale) for a while,
+   * then go. */
+  if (rc == 0) rc = broker_prune_workers(&u->conn, celer_now_ms() - UPKEEP_REGISTRY_KEEP_MS);
   for (size_t q = 0; rc == 0 && q < u->cfg.nqueues; q++) {
     int64_t d[4];
     if ((rc = broker_queue_depths(&u->conn, u->cfg.queues[q], d)) != 0) break;
@@ -254,6 +258,11 @@ static volatile sig_atomic_t upkeep_stop_requested;
 
 static void on_upkeep_stop(int sig) { upkeep_stop_requested = sig; }
 
+static void on_upkeep_hup(int sig) {
+  (void)sig;
+  worker_reopen_log();
+}
+
 /* The upkeep process: ticks until SIGTERM, then leaves the registry. */
 static void upkeep_main(upkeep *u, pid_t parent) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -263,10 +272,15 @@ static void upkeep_main(upkeep *u, pid_t parent) {
   sigemptyset(&sa.sa_mask);
   sa.sa_handler = on_upkeep_stop;
   sigaction(SIGTERM, &sa, NULL);
-  sigaction(SIGINT, &sa, NULL);
+  /* Ctrl-C reaches the whole process group: upkeep keeps renewing leases
+   * through the supervisor's grace period and stops when it says so. */
   sa.sa_handler = SIG_IGN;
-  sigaction(SIGHUP, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
   sigaction(SIGPIPE, &sa, NULL);
+  sa.sa_handler = on_upkeep_hup;
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGHUP, &sa, NULL);
+  sa.sa_flags = 0;
   sa.sa_handler = SIG_DFL;
   sigaction(SIGCHLD, &sa, NULL);
   sigaction(SIGQUIT, &sa, NULL);
@@ -304,8 +318,18 @@ int upkeep_start(upkeep *u) {
 void upkeep_stop(upkeep *u) {
   if (u->pid <= 0) return;
   kill(u->pid, SIGTERM);
+  /* It finishes the broker call under way (bounded by the request
+   * deadline); past that it is killed, and its leases simply expire. */
+  int64_t deadline = celer_mono_ms() + 2 * BROKER_DEFAULT_TIMEOUT_MS;
   int status;
-  while (waitpid(u->pid, &status, 0) < 0 && errno == EINTR) {
+  while (waitpid(u->pid, &status, WNOHANG) == 0) {
+    if (celer_mono_ms() > deadline) {
+      kill(u->pid, SIGKILL);
+      waitpid(u->pid, &status, 0);
+      break;
+    }
+    struct timespec ts = {0, 10 * 1000000L};
+    nanosleep(&ts, NULL);
   }
   u->pid = 0;
 }

@@ -234,12 +234,16 @@ size_t slot_read_held(const worker_slot *s, slot_held *out, size_t max);
 /* Heartbeat period into the worker registry (and queue depths for
  * /metrics); a worker silent for three periods is shown as stale. */
 #define UPKEEP_HEARTBEAT_MS 5000
+/* A worker silent this long is dropped from the registry: long enough for
+ * an operator to see that it went, short enough not to pile up. */
+#define UPKEEP_REGISTRY_KEEP_MS (3600 * 1000)
 
 typedef struct upkeep_config {
   const char *const *queues;   /* borrowed; in priority order */
   size_t nqueues;
   const char *name;            /* the worker's name (records, registry) */
   const char *host;            /* for the registry */
+  pid_t pid;                   /* the supervisor's, for the registry */
   int64_t started_at;          /* ms since epoch, for the registry */
   const char *consumer;        /* the consumer that reclaims lost tasks */
   int64_t lease_ms;            /* idle time after which a lease expires */

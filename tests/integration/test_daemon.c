@@ -279,16 +279,20 @@ static void test_recycled_children_lose_and_repeat_nothing(void **state) {
 static void test_weighted_queues(void **state) {
   suite *s = *state;
   enum { N = 200 };
+  /* Tasks of 5 ms: slow enough that the counts are read mid-way. */
+  json_t *kw = json_pack("{sf}", "seconds", 0.005);
   for (int q = 0; q < 2; q++) {
     celer_batch_item items[N];
     for (int i = 0; i < N; i++) {
       memset(&items[i], 0, sizeof items[i]);
-      items[i].task = "test.noop";
+      items[i].task = "test.sleep";
+      items[i].kwargs = kw;
       celer_enqueue_options_init(&items[i].opts);
       items[i].opts.queue = q ? "heavy" : "light";
     }
     assert_int_equal(celer_enqueue_batch(s->client, items, N), 0);
   }
+  json_decref(kw);
   const char *args[] = {"--queues", "light:1,heavy:9", NULL};
   start_worker(s, args);
   const char *heavy[] = {"HGET", "celer:{heavy}:stats", "processed", NULL};
@@ -325,7 +329,7 @@ static void expect_refusal(suite *s, const char *const *args, int code, const ch
   char *err = NULL;
   int rc = run_worker(s, args, &err);
   if (rc != code || strstr(err, needle) == NULL)
-    fail_msg("expected exit %d with '%s', got %d: %s", code, needle, rc, err);
+    fail_msg("%s %s: expected exit %d with '%s', got %d: %s", args[0], args[1] ? args[1] : "", code, needle, rc, err);
   free(err);
 }
 
