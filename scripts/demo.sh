@@ -67,5 +67,15 @@ echo "== a task no module registers: REJECTED"
 taskctl enqueue no.such.task --wait 10 || echo "(taskctl exited $?)"
 
 echo
+echo "== a task that crashes its worker process once: recorded at once, retried, done"
+ID=$(taskctl --json enqueue test.crash --kwargs '{"times": 1}' | sed 's/.*"id": *"\([^"]*\)".*/\1/')
+taskctl result "$ID" --wait 10
+taskctl task "$ID"
+
+echo
+echo "== the dead set: what failed for good or was rejected, waiting for an operator"
+taskctl dead
+
+echo
 echo "== the worker's log"
 cat "$WORK/worker.log"
