@@ -130,6 +130,28 @@ static void slot_run_ends(runner *r, int64_t took_ms) {
   slot_write_end(r->slot);
 }
 
+/* The id of an envelope that starts with it, as libceler writes them
+ * ({"id":"...",...), without parsing the JSON: the cancellation check
+ * needs only the id, and the envelope is decoded (and validated) once,
+ * later. Returns 1 and fills out, or 0 (then the full parse decides). */
+static int quick_id(const char *payload, size_t len, char out[CELER_ID_MAX + 1]) {
+  static const char head[] = "{\"id\":\"";
+  size_t h = sizeof head - 1;
+  if (payload == NULL || len <= h || memcmp(payload, head, h) != 0) return 0;
+  size_t n = 0;
+  while (h + n < len && n <= CELER_ID_MAX && payload[h + n] != '"') {
+    char ch = payload[h + n];
+    bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '_' || ch == '-';
+    if (!ok) return 0;
+    n++;
+  }
+  if (n == 0 || n > CELER_ID_MAX || h + n >= len) return 0;
+  memcpy(out, payload + h, n);
+  out[n] = '\0';
+  return 1;
+}
+
 /* Runs the handler of a decoded envelope and classifies what it did. */
 static void run_handler(runner *r, const broker_entry *e, const worker_task *t,
                         const celer_envelope *env, const char *queue, run_result *res) {
@@ -471,7 +493,8 @@ static int check_canceled(runner *r, broker_entry *entries, size_t n, bool *canc
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
       if (entries[i].queue_index != q || canceled[i]) continue;
-      if (salvage_id(entries[i].payload, entries[i].payload_len, idbuf[k])) {
+      if (quick_id(entries[i].payload, entries[i].payload_len, idbuf[k]) ||
+          salvage_id(entries[i].payload, entries[i].payload_len, idbuf[k])) {
         ids[k] = idbuf[k];
         which[k++] = i;
       }

@@ -2,7 +2,8 @@
 -- one call per batch a worker finished.
 -- KEYS[1] the queue's stream, KEYS[2] its stats hash, KEYS[3] its dead set
 -- (zset: id -> time), KEYS[4] its dead entries (hash: id -> JSON).
--- ARGV[1] consumer group, ARGV[2] the consumer holding the leases,
+-- ARGV[1] consumer group, ARGV[2] the consumer (unused: the fence is
+-- XACK's answer, below),
 -- ARGV[3] record TTL in ms, ARGV[4] most dead entries kept, ARGV[5]
 -- longest time a dead entry is kept (ms), ARGV[6] the result key prefix
 -- "<ns>:{q}:result:", ARGV[7] the done channel prefix "<ns>:{q}:done:"
@@ -13,7 +14,7 @@
 -- already had a final record (at-most-once result: the entry is acked
 -- and, unless a canceled task is being dropped, a duplicate is counted);
 -- -1 the lease was lost (nothing is written; `stale` is counted).
-local group, consumer, ttl = ARGV[1], ARGV[2], ARGV[3]
+local group, ttl = ARGV[1], ARGV[3]
 local counts = {}
 local function count(field) counts[field] = (counts[field] or 0) + 1 end
 local outcomes = {}
@@ -23,14 +24,15 @@ for i = 8, #ARGV, 5 do
   local entry, id, record, state, dead = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
                                          ARGV[i + 4]
   local outcome = 1
-  if entry ~= '' and not holds_lease(KEYS[1], group, entry, consumer) then
+  -- The fence: XACK answers 0 for an entry no longer pending in the group
+  -- (reclaimed, handed back or purged since it was taken), and then this
+  -- caller's outcome is refused. One command instead of an XPENDING check:
+  -- this is the hot path.
+  if entry ~= '' and redis.call('XACK', KEYS[1], group, entry) == 0 then
     count('stale')
     outcome = -1
   else
-    if entry ~= '' then
-      redis.call('XACK', KEYS[1], group, entry)
-      redis.call('XDEL', KEYS[1], entry)
-    end
+    if entry ~= '' then redis.call('XDEL', KEYS[1], entry) end
     local key = ARGV[6] .. id
     local current = final_state(key)
     if current then
