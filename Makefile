@@ -56,3 +56,24 @@ clean:
 .PHONY: bench
 bench: build
 	@$(BUILD_DIR)/bin/celer-bench all --json bench-report.json
+
+# Celer and its peers side by side (issue 5): celer-bench all, then
+# bench/peers/run.py, which installs Celery, RQ, Sidekiq (Debian) and BullMQ
+# (npm), runs them on its own redis-server, and prints one table with Celer's
+# ratio to the best peer. Reports: $(BUILD_DIR)/bench/celer.json and
+# $(BUILD_DIR)/bench/peers.json. The peers still run when celer-bench fails;
+# the target then fails at the end. Options: CELER_BENCH_ARGS, BENCH_PEERS_ARGS.
+CELER_BENCH_ARGS ?=
+BENCH_PEERS_ARGS ?=
+.PHONY: bench-peers
+bench-peers: build
+	@mkdir -p $(BUILD_DIR)/bench
+	@[ -x /usr/bin/python3 ] || { \
+	  if [ "$$(id -u)" -eq 0 ]; then s=""; else s="sudo"; fi; \
+	  $$s apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$s apt-get install -y -qq python3; }
+	@rm -f $(BUILD_DIR)/bench/celer.json
+	@st=0; \
+	$(BUILD_DIR)/bin/celer-bench all $(CELER_BENCH_ARGS) --json $(BUILD_DIR)/bench/celer.json || st=$$?; \
+	/usr/bin/python3 bench/peers/run.py --out $(BUILD_DIR)/bench/peers.json \
+	  --celer $(BUILD_DIR)/bench/celer.json $(BENCH_PEERS_ARGS) || st=$$?; \
+	exit $$st

@@ -7,7 +7,8 @@
  *
  *   enqueue   N tasks, one celer_enqueue per task, then celer_enqueue_batch
  *   drain     N tasks queued first, then a worker: first start to last finish
- *   latency   an idle worker, one task at a time at a fixed rate
+ *   latency   an idle worker, one task at a time at a fixed rate (and again
+ *             with test.mark, its handler start seen through inotify)
  *   schedule  tasks with an eta spread over a few seconds: lateness
  *   ceiling   the Redis commands of a task's life without Celer, pipelined;
  *             redis-benchmark PING and SET as the machine's reference
@@ -21,7 +22,9 @@
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -29,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -90,6 +94,7 @@ typedef struct bench_opts {
   const char *broker;
   const char *json_path;
   const char *worker;
+  const char *redis_cpus, *worker_cpus, *client_cpus; /* NULL = not pinned */
 } bench_opts;
 
 /* One value per repetition; NaN = not measured. */
@@ -155,6 +160,7 @@ typedef struct bench {
   json_t *runs;
   double idle_cpu_ms, idle_rss_mib;
   bool rb_missing;
+  cpu_set_t redis_set, worker_set, home_set; /* home: the bench's own */
   worker_proc *live; /* the worker running now, killed after a failure */
 } bench;
 
@@ -564,6 +570,36 @@ static int ns_cleanup(bench *b) {
 
 /* ---- the worker process tree ---- */
 
+/* Parses "0", "0-3" or "0,2-3" into set; 0 or -1. */
+static int parse_cpus(const char *spec, cpu_set_t *set) {
+  CPU_ZERO(set);
+  long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+  const char *p = spec;
+  while (*p) {
+    char *end = NULL;
+    long lo = strtol(p, &end, 10), hi = lo;
+    if (end == p || lo < 0) return -1;
+    if (*end == '-') {
+      p = end + 1;
+      hi = strtol(p, &end, 10);
+      if (end == p || hi < lo) return -1;
+    }
+    if (hi >= ncpu || hi >= CPU_SETSIZE) return -1;
+    for (long c = lo; c <= hi; c++) CPU_SET((int)c, set);
+    if (*end == ',') end++;
+    else if (*end != '\0') return -1;
+    p = end;
+  }
+  return CPU_COUNT(set) > 0 ? 0 : -1;
+}
+
+/* Runs spawn() with the calling thread pinned to set (when pin), so that
+ * the new process inherits it; the thread's own set comes back after. */
+static void pin_for_spawn(const bench *b, const cpu_set_t *set, bool pin) {
+  if (pin) sched_setaffinity(0, sizeof *set, set);
+  else sched_setaffinity(0, sizeof b->home_set, &b->home_set);
+}
+
 /* Fields of /proc/PID/stat: parent, utime+stime (ticks), start time. */
 static bool read_proc_stat(pid_t pid, pid_t *ppid, unsigned long long *ticks,
                            unsigned long long *start) {
@@ -785,7 +821,9 @@ static int worker_start(bench *b, worker_proc *w, const char *queue, int concurr
   w->readers_before = blocked_readers(b);
   if (getrusage(RUSAGE_CHILDREN, &w->before) != 0)
     return fail("getrusage: %s", strerror(errno));
+  pin_for_spawn(b, &b->worker_set, b->o.worker_cpus != NULL);
   w->pid = harness_spawn(argv, NULL, NULL, w->log);
+  pin_for_spawn(b, NULL, false);
   if (w->pid < 0) return fail("cannot start %s: %s", b->worker_bin, strerror(errno));
   b->live = w;
   __atomic_store_n(&w->sampling, 1, __ATOMIC_RELEASE);
@@ -1073,11 +1111,16 @@ static int enqueue_once(bench *b, celer_client *c, int rep, bool batched) {
              (long long)b->o.batch);
   else
     snprintf(measure, sizeof measure, "enqueue, one celer_enqueue per task (tasks/s)");
+  cmdstats cs0, cs1;
+  cmdstats_read(b, &cs0);
   double r0 = redis_cpu_s(b), c0 = thread_cpu_us();
   int64_t t0 = mono_ns();
   int rc = enqueue_tasks(b, c, queue, n, batched ? b->o.batch : 1, NULL, NULL);
   int64_t t1 = mono_ns();
   double c1 = thread_cpu_us(), r1 = redis_cpu_s(b);
+  cmdstats_read(b, &cs1);
+  char line[512];
+  json_t *cmds = cmdstats_delta(&cs0, &cs1, n, line, sizeof line);
   if (rc == 0) {
     double secs = (double)(t1 - t0) / 1e9, tps = (double)n / secs;
     resources res = res_none();
@@ -1093,11 +1136,14 @@ static int enqueue_once(bench *b, celer_client *c, int rep, bool batched) {
     json_object_set_new(run, "seconds", jnum(secs));
     json_object_set_new(run, "tasks_per_s", jnum(tps));
     json_object_set_new(run, "resources", resources_json(&res));
+    json_object_set(run, "redis_commands", cmds);
     add_run(b, run);
     progress("enqueue %s, run %d/%d: %.0f tasks/s, Redis %.2f us/task, client %.2f us/task",
              batched ? "batched" : "one per call", rep + 1, b->o.repeat, tps, res.redis_us,
              res.client_us);
+    progress("  Redis per task: %s", line);
   }
+  json_decref(cmds);
   if (ns_cleanup(b) != 0) rc = -1;
   return rc;
 }
@@ -1225,10 +1271,11 @@ static int run_drain(bench *b) {
   if (c == NULL) return -1;
   int rc = idle_baseline(b);
   char fair[112], best[112];
-  snprintf(fair, sizeof fair, "drain, prefetch %d%s, %d children (tasks/s)", b->o.prefetch,
-           b->o.prefetch == 1 ? " (fair)" : "", b->o.concurrency);
-  snprintf(best, sizeof best, "drain, prefetch %d (best config), %d children (tasks/s)",
-           b->o.best_prefetch, b->o.concurrency);
+  const char *kids = b->o.concurrency == 1 ? "child" : "children";
+  snprintf(fair, sizeof fair, "drain, prefetch %d%s, %d %s (tasks/s)", b->o.prefetch,
+           b->o.prefetch == 1 ? " (fair)" : "", b->o.concurrency, kids);
+  snprintf(best, sizeof best, "drain, prefetch %d (best config), %d %s (tasks/s)",
+           b->o.best_prefetch, b->o.concurrency, kids);
   for (int rep = 0; rc == 0 && rep < b->o.repeat; rep++) {
     rc = drain_once(b, c, b->o.prefetch, rep, fair);
     if (rc == 0 && b->o.best_prefetch != b->o.prefetch)
@@ -1330,10 +1377,62 @@ static void add_dist_rows(bench *b, const char *what, double *v, size_t n,
   json_object_set_new(run, key, d);
 }
 
-static int latency_once(bench *b, celer_client *c, int rep) {
+/* Watches a directory with inotify and notes when each file "<i>" is
+ * created. test.mark creates its file first thing in its handler, so this
+ * sees each handler start with a µs clock (plus the inotify wake-up). */
+typedef struct lat_probe {
+  int fd;
+  int64_t n;
+  int64_t *seen_us; /* by task index; 0 = not seen */
+  int stop;
+  bool failed;
+  char errstr[128];
+} lat_probe;
+
+static void *lat_probe_main(void *arg) {
+  lat_probe *p = arg;
+  char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
+  while (!__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
+    struct pollfd pfd = {p->fd, POLLIN, 0};
+    int r = poll(&pfd, 1, 100);
+    if (r == 0 || (r < 0 && errno == EINTR)) continue;
+    ssize_t len = r < 0 ? -1 : read(p->fd, buf, sizeof buf);
+    int64_t now = wall_us();
+    if (len < 0 && errno == EINTR) continue;
+    if (len <= 0) {
+      p->failed = true;
+      snprintf(p->errstr, sizeof p->errstr, "%s", strerror(errno));
+      return NULL;
+    }
+    for (char *q = buf; q < buf + len;) {
+      const struct inotify_event *e = (const struct inotify_event *)(void *)q;
+      if (e->len > 0) {
+        char *end = NULL;
+        long long i = strtoll(e->name, &end, 10);
+        if (end != e->name && *end == '\0' && i >= 0 && i < p->n && p->seen_us[i] == 0)
+          p->seen_us[i] = now;
+      }
+      q += sizeof *e + e->len;
+    }
+  }
+  return NULL;
+}
+
+/* One latency run. With probe, the task is test.mark writing a file per
+ * task into a watched directory, and the measure is enqueue→handler start
+ * seen by inotify; else the configured task, and the record's started_at. */
+static int latency_once(bench *b, celer_client *c, int rep, bool probe) {
   int64_t n = tasks_for(b, DEF_LATENCY_TASKS);
-  char queue[32];
-  snprintf(queue, sizeof queue, "lat-r%d", rep);
+  char queue[32], dir[PATH_MAX];
+  snprintf(queue, sizeof queue, "%s-r%d", probe ? "probe" : "lat", rep);
+  /* tmpfs when there is one: creating a file on a journaling file system
+   * would lengthen test.mark's run (the start is seen before that). */
+  struct stat shm;
+  if (stat("/dev/shm", &shm) == 0 && S_ISDIR(shm.st_mode) && access("/dev/shm", W_OK) == 0)
+    snprintf(dir, sizeof dir, "/dev/shm/celer-bench-%ld-%s", (long)getpid(), queue);
+  else
+    snprintf(dir, sizeof dir, "%s/%s", b->tmpdir, queue);
+  const char *task = probe ? "test.mark" : b->o.task;
   int64_t *t0 = calloc((size_t)n, sizeof *t0), *te = calloc((size_t)n, sizeof *te);
   int64_t *t1 = calloc((size_t)n, sizeof *t1), *st = calloc((size_t)n, sizeof *st);
   double *v = calloc((size_t)n, sizeof *v);
@@ -1341,9 +1440,21 @@ static int latency_once(bench *b, celer_client *c, int rep) {
   memset(&w, 0, sizeof w);
   lat_sub sub;
   memset(&sub, 0, sizeof sub);
-  pthread_t thread;
-  bool sub_on = false;
+  lat_probe pr = {.fd = -1, .n = n};
+  pthread_t thread, pthread;
+  bool sub_on = false, probe_on = false;
   int rc = t0 && te && t1 && st && v ? 0 : fail("out of memory");
+  if (rc == 0 && probe) {
+    pr.seen_us = calloc((size_t)n, sizeof *pr.seen_us);
+    if (pr.seen_us == NULL) rc = fail("out of memory");
+    else if (mkdir(dir, 0700) != 0) rc = fail("mkdir %s: %s", dir, strerror(errno));
+    else if ((pr.fd = inotify_init1(IN_CLOEXEC)) < 0 ||
+             inotify_add_watch(pr.fd, dir, IN_CREATE) < 0)
+      rc = fail("inotify on %s: %s", dir, strerror(errno));
+    else if (pthread_create(&pthread, NULL, lat_probe_main, &pr) != 0)
+      rc = fail("cannot start the inotify thread");
+    else probe_on = true;
+  }
   if (rc == 0) rc = worker_start(b, &w, queue, b->o.concurrency, b->o.prefetch, queue);
   if (rc == 0) rc = worker_wait_ready(b, &w, b->o.concurrency);
   if (rc == 0) rc = warm_up(b, c, &w, queue, BENCH_WARMUP);
@@ -1380,13 +1491,21 @@ static int latency_once(bench *b, celer_client *c, int rep) {
     task_id id;
     snprintf(id, sizeof id, "L%d-%lld", rep, (long long)i);
     opts.id = id;
+    json_t *kwargs = NULL;
+    if (probe) {
+      char path[PATH_MAX + 24];
+      snprintf(path, sizeof path, "%s/%lld", dir, (long long)i);
+      kwargs = json_pack("{s:s}", "path", path);
+    }
     json_t *rec = NULL;
     t0[i] = wall_us();
-    if (celer_enqueue(c, b->o.task, b->args, NULL, &opts, NULL) != 0) {
+    int erc = celer_enqueue(c, task, b->args, kwargs, &opts, NULL);
+    te[i] = wall_us();
+    json_decref(kwargs);
+    if (erc != 0) {
       rc = fail("celer_enqueue of task %s failed: %s", id, celer_client_errstr(c));
       break;
     }
-    te[i] = wall_us();
     int wrc = celer_wait(c, queue, id, timeout_ms(b), &rec);
     t1[i] = wall_us();
     if (wrc != 0) {
@@ -1406,7 +1525,12 @@ static int latency_once(bench *b, celer_client *c, int rep) {
     cmdstats_read(b, &cs1);
   }
   if (sub_on) lat_sub_stop(b, &sub, thread);
+  if (probe_on) {
+    __atomic_store_n(&pr.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(pthread, NULL);
+  }
   if (rc == 0 && sub.failed) rc = fail("the subscriber's connection failed: %s", sub.errstr);
+  if (rc == 0 && pr.failed) rc = fail("reading inotify events failed: %s", pr.errstr);
   if (rc == 0) rc = worker_stop(b, &w, &cpu);
   else if (w.pid > 0) worker_kill(b, &w);
   if (rc == 0) {
@@ -1416,57 +1540,69 @@ static int latency_once(bench *b, celer_client *c, int rep) {
     worker_resources(&w, cpu, n + BENCH_WARMUP, &res);
     json_t *run = json_object();
     json_object_set_new(run, "workload", json_string("latency"));
+    json_object_set_new(run, "task", json_string(task));
     json_object_set_new(run, "repetition", json_integer(rep + 1));
     json_object_set_new(run, "tasks", json_integer(n));
     json_object_set_new(run, "rate_per_s", jnum(b->o.rate));
     json_object_set_new(run, "behind_schedule", json_integer(behind));
     json_object_set_new(run, "concurrency", json_integer(b->o.concurrency));
     json_object_set_new(run, "prefetch", json_integer(b->o.prefetch));
-    /* started_at is whole ms (floored), so the start lies in [started_at,
-     * started_at + 1) and also between the enqueue and the done message:
-     * the estimate is the middle of that interval, and its half-width the
-     * error bound. */
-    double bound = 0;
-    for (int64_t i = 0; i < n; i++) {
-      double e0 = (double)t0[i] / 1000.0;
-      double lo = (double)st[i] > e0 ? (double)st[i] : e0;
-      double done = (double)(sub.recv_us[i] ? sub.recv_us[i] : t1[i]) / 1000.0;
-      double hi = (double)st[i] + 1 < done ? (double)st[i] + 1 : done;
-      if (hi < lo) lo = hi = (double)st[i] + 0.5; /* clocks disagree: the ms's middle */
-      v[i] = (lo + hi) / 2 - e0;
-      if ((hi - lo) / 2 > bound) bound = (hi - lo) / 2;
-    }
-    json_object_set_new(run, "enqueue_to_start_error_bound_ms", jnum(bound));
-    add_dist_rows(b, "enqueue→start", v, (size_t)n, &res, run, "enqueue_to_start_ms");
-    for (int64_t i = 0; i < n; i++) v[i] = (double)st[i] - (double)t0[i] / 1000.0;
-    json_object_set_new(run, "started_at_minus_enqueue_raw_ms", dist_json(v, (size_t)n));
-    double p50_start = pct(v, (size_t)n, 50), p99_start = pct(v, (size_t)n, 99);
+    char line[512] = "";
+    double p50 = NAN, p99 = NAN, p50_done = NAN, p50_wait = NAN;
     size_t k = 0;
+    if (probe) {
+      for (int64_t i = 0; i < n; i++)
+        if (pr.seen_us[i] > 0) v[k++] = (double)(pr.seen_us[i] - t0[i]) / 1000.0;
+      add_dist_rows(b, "enqueue→handler start (test.mark, inotify)", v, k, NULL, run,
+                    "enqueue_to_handler_start_ms");
+      json_object_set_new(run, "handler_starts_missing", json_integer(n - (int64_t)k));
+      p50 = pct(v, k, 50);
+      p99 = pct(v, k, 99);
+    } else {
+      /* started_at is whole ms (floored); with the dithered sends its
+       * fraction is uniform, so + 0.5 ms makes the estimate unbiased,
+       * each sample within ±0.5 ms. */
+      for (int64_t i = 0; i < n; i++) v[i] = (double)st[i] + 0.5 - (double)t0[i] / 1000.0;
+      add_dist_rows(b, "enqueue→start (record, ±0.5)", v, (size_t)n, &res, run,
+                    "enqueue_to_start_ms");
+      p50 = pct(v, (size_t)n, 50);
+      p99 = pct(v, (size_t)n, 99);
+    }
+    k = 0;
     for (int64_t i = 0; i < n; i++)
       if (sub.recv_us[i] > 0) v[k++] = (double)(sub.recv_us[i] - t0[i]) / 1000.0;
-    add_dist_rows(b, "enqueue→done message", v, k, NULL, run, "enqueue_to_done_message_ms");
+    if (!probe)
+      add_dist_rows(b, "enqueue→done message", v, k, NULL, run, "enqueue_to_done_message_ms");
+    else
+      json_object_set_new(run, "enqueue_to_done_message_ms", dist_json(v, k));
     json_object_set_new(run, "done_messages_missing", json_integer(n - (int64_t)k));
-    double p50_done = pct(v, k, 50);
+    p50_done = pct(v, k, 50);
+    size_t missing = (size_t)n - k;
     for (int64_t i = 0; i < n; i++) v[i] = (double)(t1[i] - t0[i]) / 1000.0;
-    add_dist_rows(b, "enqueue→celer_wait returns", v, (size_t)n, NULL, run,
-                  "enqueue_to_wait_return_ms");
-    double p50_wait = pct(v, (size_t)n, 50);
+    if (!probe)
+      add_dist_rows(b, "enqueue→celer_wait returns", v, (size_t)n, NULL, run,
+                    "enqueue_to_wait_return_ms");
+    else json_object_set_new(run, "enqueue_to_wait_return_ms", dist_json(v, (size_t)n));
+    p50_wait = pct(v, (size_t)n, 50);
     for (int64_t i = 0; i < n; i++) v[i] = (double)(te[i] - t0[i]) / 1000.0;
     json_object_set_new(run, "enqueue_call_ms", dist_json(v, (size_t)n));
+    for (int64_t i = 0; i < n; i++) v[i] = (double)st[i] - (double)t0[i] / 1000.0;
+    json_object_set_new(run, "started_at_minus_enqueue_raw_ms", dist_json(v, (size_t)n));
     json_object_set_new(run, "resources", resources_json(&res));
     json_object_set_new(run, "worker_cpu_split", cpu_split_json(&w));
-    char line[512];
     json_object_set_new(run, "redis_commands", cmdstats_delta(&cs0, &cs1, n, line, sizeof line));
     add_run(b, run);
+    if (missing > 0) progress("warning: %zu done messages never arrived", missing);
+    progress("latency%s run %d/%d: enqueue→%s p50 %.3f p99 %.3f ms, →done message p50 %.3f ms, "
+             "→celer_wait p50 %.3f ms; %lld of %lld sends late by over 1 ms",
+             probe ? " probe" : "", rep + 1, b->o.repeat, probe ? "handler start" : "start",
+             p50, p99, p50_done, p50_wait, (long long)behind, (long long)n);
     progress("  Redis per task: %s", line);
-    if (k < (size_t)n)
-      progress("warning: %lld done messages never arrived", (long long)(n - (int64_t)k));
-    progress("latency run %d/%d: enqueue→start p50 %.2f p99 %.2f ms, →done message p50 %.3f "
-             "ms, →celer_wait p50 %.3f ms; %lld of %lld sends behind schedule",
-             rep + 1, b->o.repeat, p50_start, p99_start, p50_done, p50_wait, (long long)behind,
-             (long long)n);
   }
   if (sub_on || sub.conn.ctx) broker_close(&sub.conn);
+  if (pr.fd >= 0) close(pr.fd);
+  if (probe) harness_rmtree(dir);
+  free(pr.seen_us);
   free(cs0.v);
   free(cs1.v);
   free(sub.recv_us);
@@ -1480,13 +1616,17 @@ static int latency_once(bench *b, celer_client *c, int rep) {
 }
 
 static int run_latency(bench *b) {
-  fprintf(stderr, "latency: %lld tasks of %s at %.0f/s, %d children, prefetch %d\n",
+  fprintf(stderr, "latency: %lld tasks of %s at %.0f/s, %d children, prefetch %d; then the same "
+                  "with test.mark seen by inotify\n",
           (long long)tasks_for(b, DEF_LATENCY_TASKS), b->o.task, b->o.rate, b->o.concurrency,
           b->o.prefetch);
   celer_client *c = client_open(b);
   if (c == NULL) return -1;
   int rc = 0;
-  for (int rep = 0; rc == 0 && rep < b->o.repeat; rep++) rc = latency_once(b, c, rep);
+  for (int rep = 0; rc == 0 && rep < b->o.repeat; rep++) {
+    rc = latency_once(b, c, rep, false);
+    if (rc == 0) rc = latency_once(b, c, rep, true);
+  }
   celer_client_free(c);
   return rc;
 }
@@ -1758,7 +1898,9 @@ static int ceiling_direct(bench *b, bool batched, int rep) {
   broker_key(stream, b->ns, "ceiling", "stream", NULL);
   const char *grp[] = {"XGROUP", "CREATE", stream, "g", "0", "MKSTREAM"};
   redisReply *r = redisCommandArgv(ctx, 6, grp, NULL);
-  int rc = r && r->type != REDIS_REPLY_ERROR ? 0 : fail("XGROUP CREATE: %s", r ? r->str : ctx->errstr);
+  int rc = r && r->type != REDIS_REPLY_ERROR
+               ? 0
+               : fail("XGROUP CREATE: %s", r ? r->str : ctx->errstr);
   if (r) freeReplyObject(r);
   if (rc == 0) rc = ceiling_load(ctx, batched ? ceiling_script_batch : ceiling_script_one, sha);
   char *envelope = NULL, *record = NULL;
@@ -1794,6 +1936,13 @@ static int ceiling_direct(bench *b, bool batched, int rep) {
       }
       row_add(row_get(b, "ceiling", m1, "tasks/s", 0, true), tps, &res);
       row_add(row_get(b, "ceiling", m2, "ops/s", 0, false), cps, NULL);
+      /* This client and Redis take turns on one connection; with Redis
+       * busy all the time, it would do this many. */
+      double limit = res.redis_us > 0 ? 1e6 / res.redis_us : NAN;
+      char m3[112];
+      snprintf(m3, sizeof m3, "  Redis-bound limit%s: 1 s ÷ Redis µs/task (tasks/s)",
+               batched ? " (batched)" : "");
+      row_add(row_get(b, "ceiling", m3, "tasks/s", 0, false), limit, NULL);
       json_t *run = json_object();
       json_object_set_new(run, "workload", json_string("ceiling"));
       json_object_set_new(run, "mode", json_string(batched ? "batched" : "per task"));
@@ -1805,6 +1954,7 @@ static int ceiling_direct(bench *b, bool batched, int rep) {
       json_object_set_new(run, "record_bytes", json_integer((json_int_t)strlen(record)));
       json_object_set_new(run, "tasks_per_s", jnum(tps));
       json_object_set_new(run, "commands_per_s", jnum(cps));
+      json_object_set_new(run, "redis_bound_tasks_per_s", jnum(limit));
       json_object_set_new(run, "resources", resources_json(&res));
       json_object_set(run, "redis_commands", cmds);
       add_run(b, run);
@@ -1826,7 +1976,8 @@ static double rb_parse_rps(const char *out) {
   for (const char *line = out; line && *line;) {
     if (line[0] == '"') {
       const char *q = strchr(line + 1, '"');
-      if (q && q[1] == ',' && q[2] == '"' && isdigit((unsigned char)q[3])) return strtod(q + 3, NULL);
+      if (q && q[1] == ',' && q[2] == '"' && isdigit((unsigned char)q[3]))
+        return strtod(q + 3, NULL);
     }
     line = strchr(line, '\n');
     if (line) line++;
@@ -2052,10 +2203,16 @@ static const char *const report_notes[] = {
     "latency also celer_wait; for ceiling the bench's own hiredis pipeline).",
     "worker RSS: peak of the sum of VmRSS over supervisor, upkeep and children, sampled every "
     "50 ms; PSS (shared pages divided among the processes sharing them) in parentheses.",
-    "Records carry whole milliseconds: drain spans and lateness have 1 ms resolution; "
-    "enqueue→start is started_at + 0.5 ms − the client's enqueue time (µs clock), ±0.5 ms per "
-    "sample. enqueue→done message (a PSUBSCRIBE already waiting) and enqueue→celer_wait "
-    "returns are measured with a µs clock.",
+    "Records carry whole milliseconds: drain spans and lateness have 1 ms resolution. "
+    "enqueue→start (record) is started_at + 0.5 ms − the client's enqueue time (µs clock): "
+    "sends are dithered within their millisecond so the estimate is unbiased, but each sample "
+    "is only good to ±0.5 ms, which widens p99. enqueue→done message (a PSUBSCRIBE already "
+    "waiting, read by its own thread) and enqueue→celer_wait returns use a µs clock; the done "
+    "message is an upper bound of the start.",
+    "enqueue→handler start (test.mark, inotify): a separate run of test.mark, which creates "
+    "one file per task first thing in its handler (on /dev/shm); a bench thread sees the "
+    "creation through inotify. µs clock, but it includes that thread's wake-up, so it reads "
+    "high on a busy machine.",
     "Records are always stored: the worker has no switch to skip them, so there is no "
     "--no-results.",
     "ceiling task life: one connection from the bench, the next round's XADD/XREADGROUP "
@@ -2121,6 +2278,12 @@ static json_t *config_json(bench *b) {
   json_object_set_new(c, "pipeline", json_integer(b->o.pipeline));
   json_object_set_new(c, "timeout_s", json_integer(b->o.timeout_s));
   json_object_set_new(c, "worker", json_string(b->worker_bin));
+  json_object_set_new(c, "redis_cpus",
+                      b->o.redis_cpus ? json_string(b->o.redis_cpus) : json_null());
+  json_object_set_new(c, "worker_cpus",
+                      b->o.worker_cpus ? json_string(b->o.worker_cpus) : json_null());
+  json_object_set_new(c, "client_cpus",
+                      b->o.client_cpus ? json_string(b->o.client_cpus) : json_null());
   return c;
 }
 
@@ -2181,7 +2344,8 @@ static const char usage_text[] =
     "             the last one's finish, with --prefetch and with --best-prefetch\n"
     "             (default N 20000)\n"
     "  latency    an idle worker; tasks sent one at a time at --rate: enqueue→start,\n"
-    "             enqueue→done message, enqueue→celer_wait returns (default N 2000)\n"
+    "             enqueue→done message, enqueue→celer_wait returns; then a run of\n"
+    "             test.mark whose handler start is seen by inotify (default N 2000)\n"
     "  schedule   N tasks with an eta spread over --spread ms starting --lead ms\n"
     "             ahead; lateness = started_at − eta (default N 1000)\n"
     "  ceiling    a task's Redis commands without Celer (XADD, XREADGROUP, a script\n"
@@ -2209,6 +2373,11 @@ static const char usage_text[] =
     "                       a namespace celerbench-<pid> and are deleted)\n"
     "  --worker PATH        celer-worker to run (default: beside celer-bench)\n"
     "  --json FILE          JSON report (default bench-report.json)\n"
+    "  --redis-cpus LIST    pin the private redis-server to these CPUs (0,2-3)\n"
+    "  --worker-cpus LIST   pin celer-worker (and so its children) to these CPUs\n"
+    "  --client-cpus LIST   pin celer-bench itself, the producer (default: none is\n"
+    "                       pinned; on VMs a wake-up across CPUs can cost more than\n"
+    "                       the work, so placement changes the figures a lot)\n"
     "  -h, --help           this text\n"
     "\n"
     "There is no --no-results: the worker always stores a record per task.\n"
@@ -2243,10 +2412,11 @@ static int parse_int(const char *flag, const char *arg, int64_t min, int64_t max
 enum {
   OPT_TASKS = 256, OPT_BATCH, OPT_REPEAT, OPT_CONCURRENCY, OPT_PREFETCH, OPT_BEST, OPT_RATE,
   OPT_PAYLOAD, OPT_TASK, OPT_LEAD, OPT_SPREAD, OPT_CEILING, OPT_PIPELINE, OPT_TIMEOUT,
-  OPT_BROKER, OPT_WORKER, OPT_JSON
+  OPT_BROKER, OPT_WORKER, OPT_JSON, OPT_REDIS_CPUS, OPT_WORKER_CPUS, OPT_CLIENT_CPUS
 };
 
-static int parse_args(int argc, char **argv, bench_opts *o, int *workloads) {
+static int parse_args(int argc, char **argv, bench_opts *o, int *workloads,
+                      cpu_set_t sets[3]) {
   static const struct option longopts[] = {
       {"tasks", required_argument, NULL, OPT_TASKS},
       {"batch", required_argument, NULL, OPT_BATCH},
@@ -2265,6 +2435,9 @@ static int parse_args(int argc, char **argv, bench_opts *o, int *workloads) {
       {"broker", required_argument, NULL, OPT_BROKER},
       {"worker", required_argument, NULL, OPT_WORKER},
       {"json", required_argument, NULL, OPT_JSON},
+      {"redis-cpus", required_argument, NULL, OPT_REDIS_CPUS},
+      {"worker-cpus", required_argument, NULL, OPT_WORKER_CPUS},
+      {"client-cpus", required_argument, NULL, OPT_CLIENT_CPUS},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   opterr = 0;
@@ -2316,6 +2489,19 @@ static int parse_args(int argc, char **argv, bench_opts *o, int *workloads) {
       case OPT_BROKER: o->broker = optarg; break;
       case OPT_WORKER: o->worker = optarg; break;
       case OPT_JSON: o->json_path = optarg; break;
+      case OPT_REDIS_CPUS:
+      case OPT_WORKER_CPUS:
+      case OPT_CLIENT_CPUS: {
+        int k = c - OPT_REDIS_CPUS;
+        static const char *const flags[] = {"--redis-cpus", "--worker-cpus", "--client-cpus"};
+        if (parse_cpus(optarg, &sets[k]) != 0)
+          rc = usage_error("%s takes CPU numbers like 0, 1-3 or 0,2 (this machine has %ld), "
+                           "not '%s'", flags[k], sysconf(_SC_NPROCESSORS_CONF), optarg);
+        if (k == 0) o->redis_cpus = optarg;
+        else if (k == 1) o->worker_cpus = optarg;
+        else o->client_cpus = optarg;
+        break;
+      }
       case 'h': fputs(usage_text, stdout); return -1;
       case ':': return usage_error("option %s needs a value", argv[optind - 1]);
       default: return usage_error("unknown option '%s'", argv[optind - 1]);
@@ -2360,6 +2546,9 @@ static void find_worker(bench *b) {
 }
 
 static int setup(bench *b) {
+  if (b->o.client_cpus && sched_setaffinity(0, sizeof b->home_set, &b->home_set) != 0)
+    return fail("--client-cpus %s: %s", b->o.client_cpus, strerror(errno));
+  if (sched_getaffinity(0, sizeof b->home_set, &b->home_set) != 0) CPU_ZERO(&b->home_set);
   find_worker(b);
   if (access(b->worker_bin, X_OK) != 0)
     return fail("cannot run %s: %s (run make build, or give --worker)", b->worker_bin,
@@ -2372,8 +2561,10 @@ static int setup(bench *b) {
   if (b->o.broker) {
     snprintf(b->url, sizeof b->url, "%s", b->o.broker);
   } else {
-    if (harness_redis_start(&b->redis, false, NULL) != 0)
-      return fail("cannot start a private redis-server");
+    pin_for_spawn(b, &b->redis_set, b->o.redis_cpus != NULL);
+    int started = harness_redis_start(&b->redis, false, NULL);
+    pin_for_spawn(b, NULL, false);
+    if (started != 0) return fail("cannot start a private redis-server");
     b->own_redis = true;
     snprintf(b->url, sizeof b->url, "%s", b->redis.url);
   }
@@ -2430,7 +2621,9 @@ int main(int argc, char **argv) {
                      .timeout_s = 60, .json_path = "bench-report.json"};
   b.idle_cpu_ms = b.idle_rss_mib = NAN;
   int workloads = 0;
-  int rc = parse_args(argc, argv, &b.o, &workloads);
+  cpu_set_t sets[3];
+  memset(sets, 0, sizeof sets);
+  int rc = parse_args(argc, argv, &b.o, &workloads, sets);
   if (rc != 0) return rc < 0 ? 0 : rc;
 
   struct sigaction sa;
@@ -2441,6 +2634,9 @@ int main(int argc, char **argv) {
   sigaction(SIGTERM, &sa, NULL);
   signal(SIGPIPE, SIG_IGN);
 
+  b.redis_set = sets[0];
+  b.worker_set = sets[1];
+  if (b.o.client_cpus) b.home_set = sets[2];
   b.runs = json_array();
   const char *error = NULL;
   if (setup(&b) != 0) {

@@ -303,12 +303,14 @@ int broker_fetch(broker_conn *b, const char *const *queues, size_t nqueues,
   for (int attempt = 0; attempt < 2; attempt++) {
     int rc = broker_ensure(b);
     if (rc != 0) return rc;
-    if (block_ms > 0 && (rc = broker_set_timeout(b, block_ms + BROKER_BLOCK_GRACE_MS)) != 0)
-      return rc;
+    /* The socket's deadline must outlast the block; it usually does
+     * already, and then the two system calls per fetch are saved. */
+    bool widen = block_ms > 0 && block_ms + BROKER_BLOCK_GRACE_MS > b->timeout_ms;
+    if (widen && (rc = broker_set_timeout(b, block_ms + BROKER_BLOCK_GRACE_MS)) != 0) return rc;
     int code;
     redisReply *r = broker_command(b, &code, argc, argv, NULL);
     if (r == NULL) return code;
-    if (block_ms > 0 && (rc = broker_set_timeout(b, b->timeout_ms)) != 0) {
+    if (widen && (rc = broker_set_timeout(b, b->timeout_ms)) != 0) {
       freeReplyObject(r);
       return rc;
     }

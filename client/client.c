@@ -142,9 +142,9 @@ int celer_client_connect(celer_client *c) {
 
 /* Every call after a failed or missing connect reports the same cause. */
 int client_ready(celer_client *c) {
-  if (c->setup_error) return c->setup_error;
-  int rc = broker_ensure(&c->conn);
-  return rc ? client_fail_broker(c, &c->conn, rc) : 0;
+  /* Every broker call makes sure of its connection itself (one poll per
+   * request); here only what no reconnect can fix. */
+  return c->setup_error;
 }
 
 static int celer_ping_io(celer_client *c) {

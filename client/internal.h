@@ -24,7 +24,8 @@ int client_fail(celer_client *c, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Copies a broker connection's sentence into the client; returns code. */
 int client_fail_broker(celer_client *c, const broker_conn *b, int code);
-/* 0 when the client is usable (connected, or reconnected now). */
+/* 0 unless the client was made with unusable options (each broker call
+ * connects or reconnects by itself). */
 int client_ready(celer_client *c);
 /* Validates a task id and (when not NULL) a queue name. */
 int client_check_names(celer_client *c, const char *queue, const char *id);

@@ -5,7 +5,11 @@
 //     PROCESSES > 1 forks that many worker processes (the first one is this
 //     process); each runs one BullMQ Worker with CONCURRENCY.
 // Client:
-//   node bullmq_peer.js enqueue-one N | enqueue-bulk N BATCH | latency M RATE
+//   node bullmq_peer.js enqueue-one N [WARM] | enqueue-bulk N BATCH [WARM]
+//                       | latency M RATE
+// WARM tasks (default 1) are enqueued, untimed, before the N timed ones (one
+// batch of WARM for enqueue-bulk), so connections are open and V8 has
+// compiled the path; all are counted in "enqueued".
 // Environment: BENCH_REDIS_URL (redis://host:port/db or unix:///path),
 // BENCH_STAMP_DIR (worker side). Each client command prints one JSON line.
 //
@@ -20,6 +24,7 @@ const { fork } = require('child_process');
 const { Queue, Worker } = require('bullmq');
 
 const QUEUE = 'bench';
+const LAT_WARM = 20; // untimed tasks the latency client sends first
 
 function connectionFromUrl(s) {
   const u = new URL(s || 'redis://127.0.0.1:6379/0');
@@ -102,14 +107,18 @@ async function main(argv) {
   let out;
   if (cmd === 'enqueue-one') {
     const n = Number(argv[1]);
-    await queue.add('noop', { t: 0 }); // warm-up, counted in "enqueued"
+    const warm = Number(argv[2] || 1);
+    for (let i = 0; i < warm; i++) await queue.add('noop', { t: 0 });
     const t0 = mono();
     for (let i = 0; i < n; i++) await queue.add('noop', { t: 0 });
-    out = { n, seconds: mono() - t0, enqueued: n + 1 };
+    out = { n, seconds: mono() - t0, enqueued: n + warm };
   } else if (cmd === 'enqueue-bulk') {
     const n = Number(argv[1]);
     const batch = Number(argv[2]);
-    await queue.addBulk([{ name: 'noop', data: { t: 0 } }]);
+    const warm = Number(argv[3] || 1);
+    const w = [];
+    for (let i = 0; i < warm; i++) w.push({ name: 'noop', data: { t: 0 } });
+    await queue.addBulk(w);
     const t0 = mono();
     for (let done = 0; done < n;) {
       const k = Math.min(batch, n - done);
@@ -118,11 +127,11 @@ async function main(argv) {
       await queue.addBulk(jobs);
       done += k;
     }
-    out = { n, seconds: mono() - t0, enqueued: n + 1, batch };
+    out = { n, seconds: mono() - t0, enqueued: n + warm, batch };
   } else if (cmd === 'latency') {
     const m = Number(argv[1]);
     const gap = 1 / Number(argv[2]);
-    await queue.add('noop', { t: 0 });
+    for (let i = 0; i < LAT_WARM; i++) await queue.add('noop', { t: 0 });
     let next = mono();
     for (let i = 0; i < m; i++) {
       next += gap;
@@ -130,7 +139,7 @@ async function main(argv) {
       const d = next - mono();
       if (d > 0) await new Promise((r) => setTimeout(r, d * 1000));
     }
-    out = { n: m, enqueued: m + 1 };
+    out = { n: m, enqueued: m + LAT_WARM };
   } else {
     throw new Error(`unknown command ${cmd}`);
   }

@@ -90,6 +90,10 @@ def celer_metrics(rep):
         notes.append("Celer bulk: %s" % bulk.get("measure"))
     if p50:
         notes.append("Celer latency: %s" % p50.get("measure"))
+        for r in rows:
+            if (r.get("workload") == "latency" and r is not p50 and r is not p99
+                    and _median(r) is not None):
+                notes.append("  also %s: %.3f" % (r.get("measure"), _median(r)))
     idle = (rep.get("idle_worker") or {}).get("cpu_ms")
     if isinstance(idle, (int, float)):
         notes.append("Celer's worker CPU counts its start-up and shutdown (an idle worker's "
@@ -97,7 +101,7 @@ def celer_metrics(rep):
     ceil = [r for r in rows if r.get("workload") == "ceiling" and _median(r) is not None]
     for r in ceil:
         if r.get("unit") == "tasks/s":
-            notes.append("Redis-bound ceiling, %s: %s" % (r.get("measure"),
+            notes.append("Redis-bound ceiling, %s: %s" % (r.get("measure", "").strip(),
                                                           "{:,.0f}".format(_median(r))))
     return m, notes
 
@@ -109,6 +113,8 @@ def peer_value(pr, key):
     v = met[key].get("median")
     if v is None:
         return None, ("none" if key == "enqueue_bulk_tps" else "-")
+    if key == "drain_fair_tps" and "drain_fair_stalled" in met:
+        return v, "*"
     return v, None
 
 
@@ -143,14 +149,16 @@ def compare(peers_rep, celer_rep):
         row, best, best_name = [label], None, None
         for p in PEERS:
             v, text = peer_value(prs.get(p), key)
-            row.append(text if v is None else f.format(v))
+            row.append(text if v is None else f.format(v) + (text or ""))
             if v is not None and (best is None or (v > best if higher else v < best)):
                 best, best_name = v, p
         c = cm.get(key)
         row.append("-" if c is None else f.format(c))
         row.append(ratio_text(c, best, best_name, higher))
         rows.append(row)
-    out = [table(rows, header)]
+    out = [table(rows, header),
+           "Celer vs best peer: how many times better Celer is than the best peer on the row "
+           "(above 1: ahead; below 1: behind)."]
     pm = peers_rep.get("machine", {})
     cmach = (celer_rep or {}).get("machine", {})
     out.append("")
@@ -173,9 +181,14 @@ def compare(peers_rep, celer_rep):
             out.append("%s: %s" % (TITLES[p], pr.get("config") or "not run"))
             for e in pr.get("errors") or []:
                 out.append("  FAILED: %s" % e)
+            st = ((pr.get("metrics") or {}).get("drain_fair_stalled") or {}).get("runs")
+            if st:
+                out.append("  * its fair drain stalled (rate taken over the time limit): %s"
+                           % "; ".join(st))
     out += notes
-    out.append("The peers' drain row is each one's best configuration; their fair row is not "
-               "measured (RQ and Sidekiq always fetch one task at a time).")
+    out.append("Peers' fair drain: Celery with prefetch multiplier 1 and task_acks_late, BullMQ "
+               "with concurrency 2; RQ and Sidekiq always fetch one task at a time, so their "
+               "fair row is their best drain.")
     return "\n".join(out)
 
 

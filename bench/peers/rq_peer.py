@@ -6,7 +6,10 @@ procs.py: RQ 1.13 has no worker pool of its own):
   an RQ worker on queue "bench": SimpleWorker by default (runs jobs
   in-process), "fork" = RQ's default Worker (forks a work horse per job).
 Client:
-    python3 rq_peer.py enqueue-one N | enqueue-bulk N BATCH | latency M RATE
+    python3 rq_peer.py enqueue-one N [WARM] | enqueue-bulk N BATCH [WARM]
+                     | latency M RATE
+  WARM tasks (default 1) are enqueued, untimed, before the N timed ones (one
+  batch of WARM for enqueue-bulk); all are counted in "enqueued".
 Environment: BENCH_REDIS_URL, BENCH_STAMP_DIR (worker side).
 Each client command prints one JSON line on stdout.
 """
@@ -23,6 +26,7 @@ from rq import Queue, SimpleWorker, Worker  # noqa: E402
 import stamp  # noqa: E402
 
 QUEUE = "bench"
+LAT_WARM = 20  # untimed tasks the latency client sends first
 FUNC = "rq_peer.noop"  # by name, so the worker imports this module
 
 
@@ -53,15 +57,18 @@ def main(argv):
     q = Queue(QUEUE, connection=_conn())
     if cmd == "enqueue-one":
         n = int(argv[2])
-        q.enqueue(FUNC, 0.0)  # warm-up, counted in "enqueued"
+        warm = int(argv[3]) if len(argv) > 3 else 1
+        for _ in range(warm):
+            q.enqueue(FUNC, 0.0)
         t0 = time.monotonic()
         for _ in range(n):
             q.enqueue(FUNC, 0.0)
         dt = time.monotonic() - t0
-        _print({"n": n, "seconds": dt, "enqueued": n + 1})
+        _print({"n": n, "seconds": dt, "enqueued": n + warm})
     elif cmd == "enqueue-bulk":
         n, batch = int(argv[2]), int(argv[3])
-        q.enqueue_many([Queue.prepare_data(FUNC, (0.0,))])
+        warm = int(argv[4]) if len(argv) > 4 else 1
+        q.enqueue_many([Queue.prepare_data(FUNC, (0.0,)) for _ in range(warm)])
         t0 = time.monotonic()
         done = 0
         while done < n:
@@ -69,10 +76,11 @@ def main(argv):
             q.enqueue_many([Queue.prepare_data(FUNC, (0.0,)) for _ in range(k)])
             done += k
         dt = time.monotonic() - t0
-        _print({"n": n, "seconds": dt, "enqueued": n + 1, "batch": batch})
+        _print({"n": n, "seconds": dt, "enqueued": n + warm, "batch": batch})
     elif cmd == "latency":
         m, rate = int(argv[2]), float(argv[3])
-        q.enqueue(FUNC, 0.0)
+        for _ in range(LAT_WARM):
+            q.enqueue(FUNC, 0.0)
         gap = 1.0 / rate
         nxt = time.monotonic()
         for _ in range(m):
@@ -81,7 +89,7 @@ def main(argv):
             d = nxt - time.monotonic()
             if d > 0:
                 time.sleep(d)
-        _print({"n": m, "enqueued": m + 1})
+        _print({"n": m, "enqueued": m + LAT_WARM})
     else:
         raise SystemExit("unknown command %r" % cmd)
 

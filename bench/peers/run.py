@@ -2,78 +2,111 @@
 """Celer's peers side by side: Celery, RQ, Sidekiq and BullMQ on one Redis.
 
 HOW TO RUN
-    make bench-peers            # celer-bench all --json, then this, then the
-                                # comparison table (compare.py)
-    /usr/bin/python3 bench/peers/run.py [--n 5000] [--reps 3]
+    make bench-peers
+        builds, runs `build/bin/celer-bench all --json build/bench/celer.json`,
+        then this runner (build/bench/peers.json), then the comparison table
+        (compare.py).  CELER_BENCH_ARGS=... and BENCH_PEERS_ARGS=... pass
+        options to each, e.g. make bench-peers BENCH_PEERS_ARGS="--n 2000 --reps 1"
+    /usr/bin/python3 bench/peers/run.py [--n 10000] [--reps 3]
         [--peers celery,rq,sidekiq,bullmq] [--out FILE.json]
         [--celer CELER.json]    # also print the comparison with Celer
-        [--no-install] [--unix] [--keep-tmp]
+        [--no-install] [--tcp] [--keep-tmp] [peer options, see --help]
     /usr/bin/python3 bench/peers/compare.py PEERS.json CELER.json
+        the comparison table alone, from two reports
 
     Use Debian's /usr/bin/python3: python3-celery and python3-rq are Debian
-    packages and only that interpreter sees them.  Run from any directory.
+    packages and only that interpreter sees them.  Any working directory.
+    The default run (4 peers, N 10000, 3 repetitions) takes about 3 minutes
+    on 2 cores.  Exit status 0 when every peer ran, 1 when one failed (the
+    others are still measured and reported), 2 on a set-up error.
 
-WHAT IT INSTALLS (unless --no-install), on a Debian 12 machine, as root or
-through sudo: python3-celery, python3-rq, ruby-sidekiq, redis-server (and
-nodejs, npm if missing) with apt-get install -y (apt-get update first when a
-package has no install candidate or the install fails), and BullMQ with
-`npm ci` into bench/peers/node_modules from the committed package-lock.json.
+WHAT IT INSTALLS (unless --no-install), as root or through sudo, on Debian
+12: the missing ones of python3-celery (+ python3-redis, which it only
+suggests), python3-rq, ruby-sidekiq and redis-server (nodejs and npm too
+when `node`/`npm` are not on PATH) with apt-get update, then apt-get
+install -y; and BullMQ (with ioredis, its driver) by `npm ci` into
+bench/peers/node_modules from the committed package.json and
+package-lock.json.  A peer that cannot be installed is
+reported as failed with what the package manager said.
 
-WHAT IT DOES
-    Starts its own redis-server (127.0.0.1 on a free port, or a Unix socket
-    with --unix) in a temporary directory and stops it by PID at the end,
-    also on failure or Ctrl-C.  For each peer and each repetition, with a
-    FLUSHALL between steps:
+WHAT IT MEASURES
+    It starts its own redis-server in a temporary directory, on a Unix socket
+    there like celer-bench's (--tcp: 127.0.0.1 on a free port), and stops it
+    by PID at the end, also on failure, SIGTERM or Ctrl-C.  For each peer and
+    each repetition, with a FLUSHALL between steps:
       enqueue_bulk   N tasks through the peer's bulk API in batches of --batch
                      (RQ enqueue_many, Sidekiq push_bulk, BullMQ addBulk;
-                     Celery has none and is reported as "none").  tasks/s.
+                     Celery has none: "none").  tasks/s.
       enqueue_one    N tasks, one API call each (Celery delay, RQ enqueue,
-                     Sidekiq perform_async, BullMQ add, awaited one by one).
-      drain          the N tasks enqueue_one left queued; then the worker is
-                     started; tasks/s from the first task's start to the last
-                     task's end (times the tasks record themselves).
-      redis_cpu      Redis CPU (INFO cpu user+sys deltas) over enqueue_one
-                     plus the drain (worker start to last task), per task.
-      worker_cpu     CPU of the worker's whole process tree (sum of the
-                     threads' /proc/PID/task/TID/schedstat run time, ns
-                     resolution) from the first task's start to the last
-                     task's end, per task; the worker's start-up is excluded.
-      worker_rss     peak of the summed VmRSS of the worker's process tree
-                     during the drain (PSS reported beside it).
-      latency        a fresh, idle worker; --latency-n tasks enqueued one at a
-                     time at --latency-rate/s, each carrying its enqueue time
-                     (CLOCK_MONOTONIC); the task records its start time;
-                     p50/p99 of start - enqueue, in ms.
-    The task is a no-op that records count/first-start/last-end into a
-    memory-mapped file (Python) or a file a 5 ms timer rewrites (Ruby, Node);
-    results are stored where each system stores them by default (Celery: no
-    result backend; RQ: the job hash, 500 s; Sidekiq: nowhere; BullMQ: the
-    job hash in the completed set).  Workers are started as children, each
-    in its own process group, and stopped by PID (SIGTERM, then SIGKILL).
+                     Sidekiq perform_async, BullMQ add awaited one by one).
+                     Each client first sends --warmup untimed tasks so its
+                     connection is open and its runtime warm.
+      drain          the N + warm-up tasks enqueue_one left queued; then the
+                     worker is started; tasks/s from the first task's start to
+                     the last task's end (times the tasks record themselves).
+      drain_fair     --fair-n tasks (enqueued untimed, in bulk where the peer
+                     can) drained by the peer's one-task-per-fetch
+                     configuration: Celery 1 prefork
+                     worker -c 2 with prefetch multiplier 1 and task_acks_late,
+                     BullMQ concurrency 2; RQ and Sidekiq always fetch one task
+                     at a time, so theirs is the drain above.  A fair drain
+                     not done within --fair-limit seconds is reported as the
+                     rate over that window and marked "*" (stalled): Celery's
+                     does that now and then (celery/celery#4378, #7718).
+      redis_cpu      Redis CPU (INFO cpu used_cpu_user + used_cpu_sys deltas)
+                     over enqueue_one plus the drain (worker spawn to last
+                     task), per task; the enqueue part is reported apart.
+      worker_cpu     CPU of the worker's process tree (run time of all its
+                     threads, /proc/PID/task/TID/schedstat, ns; plus children
+                     it reaped) from the first task's start to the last task's
+                     end, per task: the worker's start-up is left out.
+      worker_rss     peak of the summed VmRSS of the worker's processes during
+                     the drain, sampled every 50 ms; PSS (shared pages split
+                     among the processes) beside it.
+      latency        a fresh worker, warmed with 20 tasks, then idle;
+                     --latency-n tasks enqueued one at a time at
+                     --latency-rate/s, each carrying its enqueue time
+                     (CLOCK_MONOTONIC, read just before the API call); the task
+                     records its start; p50/p99 of start - enqueue, in ms.
+    The task is a no-op that records its count and first-start/last-end
+    times into a memory-mapped file (Python, stamp.py) or into a file a 5 ms
+    timer rewrites (Ruby, Node).  Results are stored where each system stores
+    them by default: Celery has no result backend unless configured (none);
+    RQ keeps the return value in the job hash (result_ttl 500 s); Sidekiq
+    stores none; BullMQ keeps completed jobs with their return value.
+    Workers are run as children in their own process group and stopped by
+    PID (SIGTERM; SIGKILL to the group after 15 s).
 
-    Each peer's worker uses the best configuration found on a 2-core machine
-    (concurrency 2 everywhere, see PEER CONFIG below and --help); figures are
-    the median over --reps repetitions, with min and max in the JSON.
+PEER CONFIG: the best found on this 2-core machine at concurrency 2 (see
+--help for the options that change each):
+    celery   2 worker processes with the solo pool (tasks run in the consumer
+             process), prefetch multiplier 16, -O fair, --without-gossip
+             --without-mingle --without-heartbeat, log level WARNING.
+             (Measured: 1 prefork worker -c 2 drains ~1,400/s, its single
+             consumer process being the bottleneck; 2 solo ~3,400-4,400/s;
+             prefetch 4..64 alike, 256 slower.)
+    rq       2 SimpleWorker processes (jobs run in-process), log WARNING.
+             (RQ's default Worker forks a work horse per job: ~170/s.)
+    sidekiq  1 process, -c 2 threads, logger WARN, RUBYOPT "--yjit
+             --yjit-exec-mem-size=16" (YJIT: ~22k/s against ~19k without;
+             Ruby 3.1 commits its whole code area, 256 MiB by default, hence
+             the 16 MiB cap; -c 4 or 10 no faster).
+    bullmq   1 Node process, Worker concurrency 16 (jobs in flight in its one
+             event loop: ~5,300/s at 2, ~10,900/s at 16-64; a second process
+             is slower on 2 cores).
+    Every peer logs at WARNING: per-task log lines are not what is compared.
 
 OUTPUT
     A table on stdout, and JSON in --out (default build/bench/peers.json):
       {"schema": "celer-bench-peers/1", "machine": {...}, "params": {...},
-       "peers": {"celery": {"version", "config", "ok", "errors": [...],
-                            "metrics": {NAME: {"median", "min", "max",
-                                               "runs": [...], "unit"}}}, ...}}
-    Metric names: enqueue_one_tps, enqueue_bulk_tps (null = no bulk API),
-    drain_tps, redis_cpu_us_per_task, worker_cpu_us_per_task,
-    latency_p50_ms, latency_p99_ms, worker_rss_mib, worker_pss_mib, plus
-    redis_cpu_enqueue_us_per_task, redis_cpu_drain_us_per_task and
-    keys_after_drain (what the peer leaves in Redis).
-
-PEER CONFIG (defaults; each one can be changed by an option)
-    celery   prefork pool, -c 2, prefetch multiplier 64, -O fair,
-             --without-gossip --without-mingle --without-heartbeat, log WARNING
-    rq       2 SimpleWorker processes (jobs run in-process; RQ's default
-             Worker forks one process per job), log WARNING
-    sidekiq  one process, -c 2 threads, YJIT on, logger at WARN
-    bullmq   one Node process, Worker concurrency 2
+       "seconds": S, "peers": {"celery": {"version", "config", "ok",
+       "errors": [...], "seconds", "metrics": {NAME: {"median", "min",
+       "max", "runs": [...], "unit"}}}, ...}}
+    Metric names: enqueue_one_tps, enqueue_bulk_tps (median null = no bulk
+    API), drain_tps, drain_fair_tps (+ drain_fair_stalled: {"runs": [text]}
+    when it stalled), redis_cpu_us_per_task, redis_cpu_enqueue_us_per_task,
+    redis_cpu_drain_us_per_task, worker_cpu_us_per_task, latency_p50_ms,
+    latency_p99_ms, worker_rss_mib, worker_pss_mib, keys_after_drain.
 """
 import argparse
 import json
@@ -94,7 +127,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 PEERS = ["celery", "rq", "sidekiq", "bullmq"]
-APT_PACKAGES = {"celery": ["python3-celery"], "rq": ["python3-rq"],
+# python3-redis: Celery's Redis transport needs it and python3-celery only suggests it.
+APT_PACKAGES = {"celery": ["python3-celery", "python3-redis"], "rq": ["python3-rq"],
                 "sidekiq": ["ruby-sidekiq"], "bullmq": ["nodejs", "npm"]}
 STAMP = struct.Struct("<qdd")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -125,21 +159,24 @@ def _installed(pkg):
     return r.returncode == 0 and "install ok installed" in r.stdout
 
 
+_apt_updated = []
+
+
 def apt_install(pkgs):
-    """apt-get install -y PKGS; apt-get update first when that fails.
-    Returns (ok, what apt said when it did not)."""
+    """apt-get install -y the PKGS that are missing, after one apt-get update
+    per run.  Returns (ok, what apt said when it failed)."""
     missing = [p for p in pkgs if not _installed(p)]
     if not missing:
         return True, ""
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    cmd = _sudo() + ["apt-get", "install", "-y", "-q"] + missing
+    if not _apt_updated:
+        log("apt-get update")
+        u = subprocess.run(_sudo() + ["apt-get", "update", "-q"], env=env,
+                           capture_output=True, text=True)
+        _apt_updated.append(u.returncode)
     log("apt-get install -y %s" % " ".join(missing))
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if r.returncode != 0:
-        log("apt-get install failed; apt-get update, then again")
-        subprocess.run(_sudo() + ["apt-get", "update", "-q"], env=env,
-                       capture_output=True, text=True)
-        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    r = subprocess.run(_sudo() + ["apt-get", "install", "-y", "-q"] + missing,
+                       env=env, capture_output=True, text=True)
     if r.returncode != 0:
         said = (r.stderr.strip() or r.stdout.strip()).splitlines()[-5:]
         return False, "apt-get install %s: %s" % (" ".join(missing), " | ".join(said))
@@ -147,9 +184,16 @@ def apt_install(pkgs):
 
 
 def npm_install():
-    nm = os.path.join(HERE, "node_modules", "bullmq", "package.json")
-    lock = os.path.join(HERE, "package-lock.json")
-    if os.path.exists(nm) and os.path.getmtime(nm) >= os.path.getmtime(lock) - 1:
+    def version(path, key=None):
+        try:
+            with open(os.path.join(HERE, path)) as f:
+                d = json.load(f)
+            return d["packages"][key]["version"] if key else d["version"]
+        except (OSError, ValueError, KeyError):
+            return None
+    want = [version("package-lock.json", "node_modules/" + m) for m in ("bullmq", "ioredis")]
+    have = [version(os.path.join("node_modules", m, "package.json")) for m in ("bullmq", "ioredis")]
+    if None not in have and have == want:
         return True, ""
     if not shutil.which("npm"):
         return False, "npm not found"
@@ -386,11 +430,13 @@ def _tail(path, n=15):
 
 class Peer:
     name = ""
+    has_fair = False  # True: a one-task-per-fetch configuration differs from the best
 
     def __init__(self, args, redis, tmp):
         self.a = args
         self.redis = redis
         self.tmp = tmp
+        self.fair = False  # run the one-task-per-fetch configuration
 
     def env(self, **extra):
         e = dict(os.environ)
@@ -416,6 +462,7 @@ class Peer:
 
 class Celery(Peer):
     name = "celery"
+    has_fair = True
 
     def env(self, **extra):
         e = Peer.env(self, **extra)
@@ -423,6 +470,8 @@ class Celery(Peer):
         e["PYTHONPATH"] = HERE + os.pathsep + e.get("PYTHONPATH", "")
         if self.a.celery_backend:
             e["BENCH_CELERY_BACKEND"] = self.a.celery_backend
+        if self.fair:
+            e["BENCH_CELERY_ACKS_LATE"] = "1"
         return e
 
     def client_argv(self, *args):
@@ -432,14 +481,19 @@ class Celery(Peer):
         return max(1, self.a.concurrency // self.a.celery_procs)
 
     def worker_argv(self):
+        # Fair: Celery's documented one-task-at-a-time set-up, one prefork
+        # worker with prefetch multiplier 1 and task_acks_late.  (Two solo
+        # workers with multiplier 1 stall here: ~30 tasks in 120 s.)
+        procs = 1 if self.fair else self.a.celery_procs
         argv = [PY, "-m", "celery", "-A", "celery_peer", "worker", "-Q", "bench",
-                "-P", self.a.celery_pool, "-c", str(self.per_proc()),
-                "--prefetch-multiplier", str(self.a.celery_prefetch),
+                "-P", "prefork" if self.fair else self.a.celery_pool,
+                "-c", str(self.a.concurrency if self.fair else self.per_proc()),
+                "--prefetch-multiplier", str(1 if self.fair else self.a.celery_prefetch),
                 "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
                 "--without-heartbeat", "-n", "bench{i}@%h"]
         if self.a.celery_optimization:
             argv += ["-O", self.a.celery_optimization]
-        return [PY, os.path.join(HERE, "procs.py"), str(self.a.celery_procs)] + argv
+        return [PY, os.path.join(HERE, "procs.py"), str(procs)] + argv
 
     def version(self):
         return _py_version("celery")
@@ -450,7 +504,10 @@ class Celery(Peer):
                     self.a.celery_procs, self.a.celery_pool,
                     1 if self.a.celery_pool == "solo" else self.per_proc(), self.a.celery_prefetch,
                     self.a.celery_optimization or "default",
-                    self.a.celery_backend or "none (Celery's default)"))
+                    self.a.celery_backend or "none (Celery's default)")) + (
+                        "; fair: 1 prefork worker -c %d, prefetch multiplier 1, "
+                        "task_acks_late (slow over Redis: celery/celery#4378, #7718)"
+                        % self.a.concurrency)
 
 
 class RQ(Peer):
@@ -467,7 +524,8 @@ class RQ(Peer):
         return _py_version("rq")
 
     def config(self):
-        return ("%d %s worker processes, results in the job hash (result_ttl 500 s)" % (
+        return ("%d %s worker processes, results in the job hash (result_ttl 500 s); "
+                "fair = best (one job per fetch)" % (
             self.a.concurrency,
             "SimpleWorker (no fork per job)" if self.a.rq_worker == "simple"
             else "forking Worker (one work horse per job)"))
@@ -497,19 +555,22 @@ class Sidekiq(Peer):
         return r.stdout.strip() or None
 
     def config(self):
-        return "%d process(es), %d threads each (-c), RUBYOPT %r, logger WARN, results not stored" % (
+        return ("%d process(es), %d threads each (-c), RUBYOPT %r, logger WARN, results not "
+                "stored; fair = best (one job per BRPOP)") % (
             self.a.sidekiq_procs, self.a.sidekiq_threads or self.a.concurrency, self.a.sidekiq_rubyopt)
 
 
 class BullMQ(Peer):
     name = "bullmq"
+    has_fair = True
 
     def client_argv(self, *args):
         return ["node", os.path.join(HERE, "bullmq_peer.js")] + list(args)
 
     def worker_argv(self):
         return ["node", os.path.join(HERE, "bullmq_peer.js"), "worker",
-                str(self.a.bullmq_concurrency or self.a.concurrency), str(self.a.bullmq_procs)]
+                str(self.a.concurrency if self.fair else self.a.bullmq_concurrency or self.a.concurrency),
+                str(self.a.bullmq_procs)]
 
     def version(self):
         try:
@@ -522,8 +583,9 @@ class BullMQ(Peer):
 
     def config(self):
         return ("%d Node process(es), Worker concurrency %d, completed jobs kept "
-                "(BullMQ's default)" % (self.a.bullmq_procs,
-                                        self.a.bullmq_concurrency or self.a.concurrency))
+                "(BullMQ's default); fair: concurrency %d" % (
+                    self.a.bullmq_procs, self.a.bullmq_concurrency or self.a.concurrency,
+                    self.a.concurrency))
 
 
 PEER_CLASSES = {c.name: c for c in (Celery, RQ, Sidekiq, BullMQ)}
@@ -652,48 +714,42 @@ def one_rep(peer, a, rc, m):
     n = a.n
     # enqueue, bulk
     rc.cmd("FLUSHALL")
-    r = run_client(peer, "enqueue-bulk", str(n), str(a.batch))
+    r = run_client(peer, "enqueue-bulk", str(n), str(a.batch), str(a.batch))
     m.setdefault("enqueue_bulk_tps", []).append(
         None if r.get("bulk", 0) is None else n / r["seconds"])
     # enqueue, one call per task; these tasks are then drained
     rc.cmd("FLUSHALL")
     r0 = rc.cpu()
-    r = run_client(peer, "enqueue-one", str(n))
+    r = run_client(peer, "enqueue-one", str(n), str(a.warmup))
     r1 = rc.cpu()
     queued = int(r["enqueued"])
     m.setdefault("enqueue_one_tps", []).append(n / r["seconds"])
-    # drain
-    w = Worker(peer, "drain")
-    try:
-        peak = [0, 0]
-        nextmem = [0.0]
-
-        def sample_mem():
-            t = time.monotonic()
-            if t >= nextmem[0]:
-                rss, _ = tree_mem_kib(w.pids())
-                peak[0] = max(peak[0], rss)
-                nextmem[0] = t + 0.05
-        timeout = max(120.0, n / 50.0)
-        w.wait_count(1, 120.0, interval=0.002)
-        c0, cpu0 = w.stamps()[0], tree_cpu_ns(w.pids())
-        w.wait_count(queued, timeout, on_poll=sample_mem)
-        cpu1, r2 = tree_cpu_ns(w.pids()), rc.cpu()
-        rss, pss = tree_mem_kib(w.pids())
-        peak[0] = max(peak[0], rss)
-        time.sleep(0.05)  # let a last 5 ms stamp rewrite land
-        c, first, last = w.stamps()
-        keys = rc.cmd("DBSIZE")
-    finally:
-        w.stop()
-    m.setdefault("drain_tps", []).append(c / (last - first))
-    m.setdefault("worker_cpu_us_per_task", []).append((cpu1 - cpu0) / 1e3 / max(1, c - c0))
+    d = drain(peer, a, rc, queued, "drain")
+    m.setdefault("drain_tps", []).append(d["tps"])
+    m.setdefault("worker_cpu_us_per_task", []).append(d["worker_us"])
     m.setdefault("redis_cpu_enqueue_us_per_task", []).append((r1 - r0) * 1e6 / queued)
-    m.setdefault("redis_cpu_drain_us_per_task", []).append((r2 - r1) * 1e6 / c)
-    m.setdefault("redis_cpu_us_per_task", []).append(((r1 - r0) + (r2 - r1)) * 1e6 / c)
-    m.setdefault("worker_rss_mib", []).append(peak[0] / 1024.0)
-    m.setdefault("worker_pss_mib", []).append(pss / 1024.0)
-    m.setdefault("keys_after_drain", []).append(keys)
+    m.setdefault("redis_cpu_drain_us_per_task", []).append(d["redis_us"])
+    m.setdefault("redis_cpu_us_per_task", []).append((r1 - r0) * 1e6 / queued + d["redis_us"])
+    m.setdefault("worker_rss_mib", []).append(d["rss_mib"])
+    m.setdefault("worker_pss_mib", []).append(d["pss_mib"])
+    m.setdefault("keys_after_drain", []).append(d["keys"])
+    # drain, one task per fetch: RQ and Sidekiq always fetch one at a time
+    if peer.has_fair:
+        rc.cmd("FLUSHALL")
+        bulk = m["enqueue_bulk_tps"][-1] is not None
+        fn = min(n, a.fair_n)
+        r = run_client(peer, *(["enqueue-bulk", str(fn), str(a.batch), "1"] if bulk
+                               else ["enqueue-one", str(fn), "0"]))
+        peer.fair = True
+        try:
+            d = drain(peer, a, rc, int(r["enqueued"]), "fair", limit=a.fair_limit)
+        finally:
+            peer.fair = False
+        m.setdefault("drain_fair_tps", []).append(d["tps"])
+        if d["stalled"]:
+            m.setdefault("drain_fair_stalled", []).append(d["stalled"])
+    else:
+        m.setdefault("drain_fair_tps", []).append(m["drain_tps"][-1])
     # latency, idle worker
     rc.cmd("FLUSHALL")
     w = Worker(peer, "latency")
@@ -712,8 +768,64 @@ def one_rep(peer, a, rc, m):
     m.setdefault("latency_p99_ms", []).append(percentile(lat, 99) * 1e3)
 
 
+class Stalled(Exception):
+    pass
+
+
+def drain(peer, a, rc, queued, tag, limit=None):
+    """Starts a worker on `queued` waiting tasks and measures it draining them.
+    With `limit` (seconds), a drain still unfinished then is not an error:
+    the result is the rate over that window, with "stalled" set."""
+    r1 = rc.cpu()
+    stalled = None
+    w = Worker(peer, tag)
+    try:
+        peak = [0, 0]
+        nextmem = [0.0]
+
+        def sample_mem():
+            t = time.monotonic()
+            if t >= nextmem[0]:
+                rss, _ = tree_mem_kib(w.pids())
+                peak[0] = max(peak[0], rss)
+                nextmem[0] = t + 0.05
+        timeout = max(120.0, queued / 50.0)
+        w.wait_count(1, 120.0, interval=0.002)
+        c0, cpu0 = w.stamps()[0], tree_cpu_ns(w.pids())
+        if limit is None:
+            w.wait_count(queued, timeout, on_poll=sample_mem)
+        else:
+            end = time.monotonic() + limit
+
+            def poll():
+                sample_mem()
+                if time.monotonic() > end:
+                    raise Stalled()
+            try:
+                w.wait_count(queued, limit + 1.0, on_poll=poll)
+            except Stalled:
+                stalled = time.monotonic()
+        cpu1, r2 = tree_cpu_ns(w.pids()), rc.cpu()
+        rss, pss = tree_mem_kib(w.pids())
+        peak[0] = max(peak[0], rss)
+        time.sleep(0.05)  # let a last 5 ms stamp rewrite land
+        c, first, last = w.stamps()
+        keys = rc.cmd("DBSIZE")
+    finally:
+        w.stop()
+    if stalled is not None:
+        last = stalled
+        log("%s %s drain: %d of %d tasks in %.1f s; rate over that window" % (
+            peer.name, tag, c, queued, limit))
+    return {"tps": c / (last - first), "worker_us": (cpu1 - cpu0) / 1e3 / max(1, c - c0),
+            "redis_us": (r2 - r1) * 1e6 / c, "rss_mib": peak[0] / 1024.0,
+            "pss_mib": pss / 1024.0, "keys": keys,
+            "stalled": None if stalled is None else "%d of %d tasks in %.1f s" % (c, queued, limit)}
+
+
 UNITS = {
     "enqueue_one_tps": "tasks/s", "enqueue_bulk_tps": "tasks/s", "drain_tps": "tasks/s",
+    "drain_fair_tps": "tasks/s",
     "redis_cpu_us_per_task": "us", "redis_cpu_enqueue_us_per_task": "us",
     "redis_cpu_drain_us_per_task": "us", "worker_cpu_us_per_task": "us",
     "latency_p50_ms": "ms", "latency_p99_ms": "ms", "worker_rss_mib": "MiB",
@@ -724,6 +836,9 @@ UNITS = {
 def summarize(m):
     out = {}
     for k, runs in m.items():
+        if k.endswith("_stalled"):
+            out[k] = {"runs": runs}
+            continue
         vals = [v for v in runs if v is not None]
         if not vals:
             out[k] = {"median": None, "min": None, "max": None, "runs": runs, "unit": UNITS.get(k)}
@@ -764,11 +879,15 @@ ROWS = [
     ("enqueue, one call per task (tasks/s)", "enqueue_one_tps", "{:,.0f}"),
     ("enqueue, bulk API (tasks/s)", "enqueue_bulk_tps", "{:,.0f}"),
     ("drain N queued tasks, best config (tasks/s)", "drain_tps", "{:,.0f}"),
-    ("Redis CPU per task (us)", "redis_cpu_us_per_task", "{:,.1f}"),
-    ("worker CPU per task (us)", "worker_cpu_us_per_task", "{:,.1f}"),
-    ("enqueue -> start latency p50 (ms, idle worker)", "latency_p50_ms", "{:,.2f}"),
-    ("enqueue -> start latency p99 (ms, idle worker)", "latency_p99_ms", "{:,.2f}"),
-    ("worker resident memory, whole worker (MiB)", "worker_rss_mib", "{:,.1f}"),
+    ("drain, one task per fetch (fair, tasks/s)", "drain_fair_tps", "{:,.0f}"),
+    ("Redis CPU per task, enqueue + drain (µs)", "redis_cpu_us_per_task", "{:,.1f}"),
+    ("  of which enqueue, one call per task (µs)", "redis_cpu_enqueue_us_per_task", "{:,.1f}"),
+    ("worker CPU per task (µs)", "worker_cpu_us_per_task", "{:,.1f}"),
+    ("enqueue → start latency p50 (ms, idle worker)", "latency_p50_ms", "{:,.2f}"),
+    ("enqueue → start latency p99 (ms, idle worker)", "latency_p99_ms", "{:,.2f}"),
+    ("worker resident memory, whole worker (MiB RSS)", "worker_rss_mib", "{:,.1f}"),
+    ("worker memory, whole worker (MiB PSS)", "worker_pss_mib", "{:,.1f}"),
+    ("keys left in Redis after the drain", "keys_after_drain", "{:,.0f}"),
 ]
 
 
@@ -801,7 +920,8 @@ def peers_table(report):
             elif key == "enqueue_bulk_tps" and pr["metrics"][key]["median"] is None:
                 row.append("none")
             else:
-                row.append(fmt(pr["metrics"][key]["median"], f))
+                star = "*" if key == "drain_fair_tps" and "drain_fair_stalled" in pr["metrics"] else ""
+                row.append(fmt(pr["metrics"][key]["median"], f) + star)
         rows.append(row)
     return table(rows, header)
 
@@ -810,16 +930,27 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of %s" % PEERS)
-    ap.add_argument("--n", type=int, default=5000, help="tasks per enqueue/drain run (5000)")
+    ap.add_argument("--n", type=int, default=10000, help="tasks per enqueue/drain run (10000)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions; medians are reported (3)")
+    ap.add_argument("--fair-n", type=int, default=1000,
+                    help="tasks in the one-task-per-fetch drain (1000: Celery's takes ~30 s)")
+    ap.add_argument("--fair-limit", type=float, default=30.0,
+                    help="seconds the fair drain may take; past that its rate is taken over "
+                         "those seconds and the run is marked stalled (30)")
     ap.add_argument("--batch", type=int, default=1000, help="bulk enqueue batch size (1000)")
+    ap.add_argument("--warmup", type=int, default=200,
+                    help="untimed tasks each enqueue_one client sends first (200; enqueue_bulk "
+                         "sends one untimed batch); they are drained with the N")
     ap.add_argument("--concurrency", type=int, default=2, help="worker concurrency (2)")
-    ap.add_argument("--latency-n", type=int, default=300, help="tasks in the latency run (300)")
-    ap.add_argument("--latency-rate", type=float, default=200.0, help="latency enqueue rate, tasks/s (200)")
+    ap.add_argument("--latency-n", type=int, default=1000, help="tasks in the latency run (1000)")
+    ap.add_argument("--latency-rate", type=float, default=500.0,
+                    help="latency enqueue rate, tasks/s (500, celer-bench's default)")
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench", "peers.json"))
     ap.add_argument("--celer", help="Celer's celer-bench JSON report: print the comparison too")
     ap.add_argument("--no-install", action="store_true", help="install nothing, use what is there")
-    ap.add_argument("--unix", action="store_true", help="Redis on a Unix socket instead of 127.0.0.1")
+    ap.add_argument("--tcp", action="store_true",
+                    help="Redis on 127.0.0.1:free port instead of a Unix socket (celer-bench's "
+                         "default is a Unix socket; give it --broker to match)")
     ap.add_argument("--redis-server", help="redis-server binary (default: from PATH)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (worker logs)")
     g = ap.add_argument_group("peer configuration")
@@ -855,12 +986,12 @@ def main():
     report = {"schema": "celer-bench-peers/1", "peers": {}}
     try:
         not_installed = {} if a.no_install else install(peers)
-        redis = RedisServer(tmp, a.unix, a.redis_server)
+        redis = RedisServer(tmp, not a.tcp, a.redis_server)
         redis.start()
         report["machine"] = {
             "cpus": os.cpu_count(), "kernel": platform.release(),
             "cpu_model": _cpu_model(), "redis": redis.version,
-            "transport": "unix socket" if a.unix else "tcp 127.0.0.1",
+            "transport": "tcp 127.0.0.1" if a.tcp else "unix socket",
         }
         report["params"] = {k: v for k, v in vars(a).items() if k not in ("out", "celer")}
         t_start = time.monotonic()
@@ -895,6 +1026,10 @@ def main():
         print("  %-8s %s; %s" % (p, pr["version"] or "not available", pr["config"] or ""))
         for e in pr["errors"]:
             print("           FAILED: %s" % e)
+        st = pr["metrics"].get("drain_fair_stalled")
+        if st:
+            print("           * fair drain stalled in %d of %d repetitions: %s" % (
+                len(st["runs"]), a.reps, "; ".join(st["runs"])))
     print("JSON: %s" % a.out)
     if a.celer:
         sys.path.insert(0, HERE)

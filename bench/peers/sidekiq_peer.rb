@@ -3,7 +3,10 @@
 # Worker (started by run.py):
 #   sidekiq -r ./sidekiq_peer.rb -q bench -c 2 -t 2
 # Client:
-#   ruby sidekiq_peer.rb enqueue-one N | enqueue-bulk N BATCH | latency M RATE
+#   ruby sidekiq_peer.rb enqueue-one N [WARM] | enqueue-bulk N BATCH [WARM]
+#                        | latency M RATE
+# WARM tasks (default 1) are enqueued, untimed, before the N timed ones (one
+# batch of WARM for enqueue-bulk); all are counted in "enqueued".
 # Environment: BENCH_REDIS_URL, BENCH_STAMP_DIR (worker side).
 # Each client command prints one JSON line on stdout.
 #
@@ -15,6 +18,7 @@ require "json"
 require "logger"
 require "sidekiq"
 
+LAT_WARM = 20 # untimed tasks the latency client sends first
 REDIS_URL = ENV.fetch("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 Sidekiq.configure_client { |c| c.redis = { url: REDIS_URL } }
 Sidekiq.configure_server do |c|
@@ -97,15 +101,17 @@ if $PROGRAM_NAME == __FILE__
   case cmd
   when "enqueue-one"
     n = Integer(ARGV[1])
-    BenchNoop.perform_async(0.0) # warm-up, counted in "enqueued"
+    warm = Integer(ARGV[2] || 1)
+    warm.times { BenchNoop.perform_async(0.0) }
     t0 = mono
     n.times { BenchNoop.perform_async(0.0) }
     dt = mono - t0
-    puts JSON.generate(n: n, seconds: dt, enqueued: n + 1)
+    puts JSON.generate(n: n, seconds: dt, enqueued: n + warm)
   when "enqueue-bulk"
     n = Integer(ARGV[1])
     batch = Integer(ARGV[2])
-    Sidekiq::Client.push_bulk("class" => BenchNoop, "args" => [[0.0]])
+    warm = Integer(ARGV[3] || 1)
+    Sidekiq::Client.push_bulk("class" => BenchNoop, "args" => Array.new(warm) { [0.0] })
     t0 = mono
     done = 0
     while done < n
@@ -114,11 +120,11 @@ if $PROGRAM_NAME == __FILE__
       done += k
     end
     dt = mono - t0
-    puts JSON.generate(n: n, seconds: dt, enqueued: n + 1, batch: batch)
+    puts JSON.generate(n: n, seconds: dt, enqueued: n + warm, batch: batch)
   when "latency"
     m = Integer(ARGV[1])
     gap = 1.0 / Float(ARGV[2])
-    BenchNoop.perform_async(0.0)
+    LAT_WARM.times { BenchNoop.perform_async(0.0) }
     nxt = mono
     m.times do
       nxt += gap
@@ -126,7 +132,7 @@ if $PROGRAM_NAME == __FILE__
       d = nxt - mono
       sleep d if d > 0
     end
-    puts JSON.generate(n: m, enqueued: m + 1)
+    puts JSON.generate(n: m, enqueued: m + LAT_WARM)
   else
     abort "unknown command #{cmd.inspect}"
   end
