@@ -340,6 +340,10 @@ void broker_names_free(char **names, size_t n);
  * channel of a task. The caller then reads the record and, if not final,
  * calls broker_wait_message. */
 int broker_subscribe_done(broker_conn *sub, const char *queue, const char *id);
+/* Leaves the done channel of a task and reads up to the confirmation
+ * (dropping any message that was already on its way), so that sub can
+ * serve the next wait. */
+int broker_unsubscribe_done(broker_conn *sub, const char *queue, const char *id);
 /* Waits for one message on the subscribed channel until deadline (monotonic
  * ms, < 0 = forever). Returns 0, CELER_ETIMEDOUT or an error. A timeout
  * leaves sub disconnected (hiredis cannot resume a timed-out read). */

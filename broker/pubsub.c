@@ -92,3 +92,26 @@ int broker_drain_messages(broker_conn *sub) {
     count++;
   }
 }
+
+int broker_unsubscribe_done(broker_conn *sub, const char *queue, const char *id) {
+  char channel[BROKER_KEY_MAX + 1];
+  broker_key(channel, sub->ns, queue, "done:", id);
+  const char *argv[2] = {"UNSUBSCRIBE", channel};
+  if (sub->ctx == NULL || sub->ctx->err) return CELER_ECONNECT;
+  int rc = broker_set_timeout(sub, sub->timeout_ms);
+  if (rc != 0) return rc;
+  if (redisAppendCommandArgv(sub->ctx, 2, argv, NULL) != REDIS_OK)
+    return broker_fail(sub, CELER_ENOMEM, "out of memory unsubscribing");
+  for (;;) {
+    redisReply *r = NULL;
+    if (redisGetReply(sub->ctx, (void **)&r) != REDIS_OK || r == NULL)
+      return broker_io_error(sub, "UNSUBSCRIBE");
+    bool done = r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+                r->element[0]->type == REDIS_REPLY_STRING &&
+                strcmp(r->element[0]->str, "unsubscribe") == 0;
+    bool error = r->type == REDIS_REPLY_ERROR;
+    freeReplyObject(r);
+    if (error) return broker_fail(sub, CELER_EPROTO, "UNSUBSCRIBE refused");
+    if (done) return 0;
+  }
+}

@@ -113,6 +113,8 @@ celer_client *celer_client_new(const celer_client_options *opts) {
 void celer_client_free(celer_client *c) {
   if (c == NULL) return;
   broker_close(&c->conn);
+  broker_close(&c->sub);
+  memset(&c->sub.url, 0, sizeof c->sub.url);
   /* The password lives in the URL copies; wipe it before the memory goes. */
   memset(&c->url, 0, sizeof c->url);
   memset(&c->conn.url, 0, sizeof c->conn.url);
@@ -369,15 +371,16 @@ static int celer_wait_io(celer_client *c, const char *queue, const char *id,
   if (rc == 0) rc = client_ready(c);
   if (rc != 0) return rc;
   int64_t deadline = timeout_ms < 0 ? -1 : celer_mono_ms() + timeout_ms;
-  /* A subscribed connection can do nothing else, so waiting uses its own,
-   * made for this wait and closed after it. */
-  broker_conn sub;
-  broker_init(&sub, &c->url, c->ns, c->timeout_ms);
-  rc = broker_connect(&sub);
-  if (rc == 0) rc = broker_subscribe_done(&sub, queue, id);
+  /* A subscribed connection can do nothing else, so waiting uses one of
+   * its own, kept between waits (one channel at a time) and made again
+   * after a timeout or an error. */
+  broker_conn *sub = &c->sub;
+  if (sub->ctx == NULL) broker_init(sub, &c->url, c->ns, c->timeout_ms);
+  rc = broker_ensure(sub);
+  if (rc == 0) rc = broker_subscribe_done(sub, queue, id);
   if (rc != 0) {
-    client_fail_broker(c, &sub, rc);
-    broker_close(&sub);
+    client_fail_broker(c, sub, rc);
+    broker_close(sub);
     return rc;
   }
   /* Subscribed first, read second: a completion landing in between is
@@ -385,17 +388,18 @@ static int celer_wait_io(celer_client *c, const char *queue, const char *id,
   for (;;) {
     rc = read_final(c, queue, id, record);
     if (rc != 0) break;
-    rc = broker_wait_message(&sub, deadline);
+    rc = broker_wait_message(sub, deadline);
     if (rc != 0) {
       if (rc == CELER_ETIMEDOUT)
         client_fail(c, rc, "task %s did not finish within %lld ms", id, (long long)timeout_ms);
       else
-        client_fail_broker(c, &sub, rc);
+        client_fail_broker(c, sub, rc);
       break;
     }
   }
-  broker_close(&sub);
-  memset(&sub.url, 0, sizeof sub.url);
+  /* Leave the channel so the connection is ready for the next wait; if
+   * that fails, the next wait makes a new connection. */
+  if (sub->ctx != NULL && broker_unsubscribe_done(sub, queue, id) != 0) broker_close(sub);
   return rc == 1 ? 0 : rc;
 }
 

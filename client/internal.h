@@ -9,6 +9,7 @@
 
 struct celer_client {
   broker_conn conn;        /* requests */
+  broker_conn sub;         /* result waits (subscribed while waiting) */
   broker_url url;
   char ns[CELER_NAMESPACE_MAX + 1];
   char *password_file;     /* owned; NULL = none */
