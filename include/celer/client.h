@@ -1,6 +1,7 @@
 /* libceler: the producer API. Synchronous; one client owns one broker
- * connection (plus one short-lived subscriber while it waits for a result)
- * and is not thread-safe: use one client per thread.
+ * connection for requests and, once it has waited for a result, a second
+ * one it keeps for waiting (subscribed only during a wait). A client is not
+ * thread-safe: use one client per thread.
  *
  * Errors: every function returns 0 or a negative CELER_E* code, and the
  * client keeps a sentence describing the last failure (celer_client_errstr).
