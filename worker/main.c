@@ -149,24 +149,24 @@ static int parse_args(int argc, char **argv, worker_options *o, worker_config *c
         cfg->modules[cfg->nmodules++] = optarg;
         break;
       case OPT_CONCURRENCY:
-        rc = parse_count("--concurrency", optarg, 1, SUPERVISOR_CHILDREN_MAX, &v);
-        cfg->concurrency = (size_t)v;
+        if ((rc = parse_count("--concurrency", optarg, 1, SUPERVISOR_CHILDREN_MAX, &v)) == 0)
+          cfg->concurrency = (size_t)v;
         break;
       case OPT_PREFETCH:
-        rc = parse_count("--prefetch", optarg, 1, RUNNER_PREFETCH_MAX, &v);
-        cfg->prefetch = (int)v;
+        if ((rc = parse_count("--prefetch", optarg, 1, RUNNER_PREFETCH_MAX, &v)) == 0)
+          cfg->prefetch = (int)v;
         break;
       case OPT_REDELIVERIES:
         rc = parse_count("--max-redeliveries", optarg, 0, WORKER_MAX_REDELIVERIES_LIMIT,
                          &cfg->max_redeliveries);
         break;
       case OPT_MAX_TASKS:
-        rc = parse_count("--max-tasks-per-child", optarg, 1, INT64_MAX, &v);
-        cfg->max_tasks_per_child = (uint64_t)v;
+        if ((rc = parse_count("--max-tasks-per-child", optarg, 1, INT64_MAX, &v)) == 0)
+          cfg->max_tasks_per_child = (uint64_t)v;
         break;
       case OPT_MAX_MEMORY:
-        rc = parse_count("--max-memory-per-child", optarg, 1, 1024 * 1024, &v);
-        cfg->max_rss_kb = v * 1024;
+        if ((rc = parse_count("--max-memory-per-child", optarg, 1, 1024 * 1024, &v)) == 0)
+          cfg->max_rss_kb = v * 1024;
         break;
       case OPT_LEASE:
         rc = parse_seconds("--lease", optarg, WORKER_LEASE_MIN_MS / 1000.0, &cfg->lease_ms);
