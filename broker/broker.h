@@ -194,7 +194,6 @@ void broker_entries_free(broker_entry *entries, size_t n);
 typedef struct broker_completion {
   const char *queue;
   const char *entry_id;     /* NULL for a task that was never in the stream */
-  const char *consumer;     /* who holds the lease on entry_id */
   const char *task_id;
   celer_state state;
   const char *record;
@@ -210,8 +209,8 @@ typedef struct broker_completion {
 #define BROKER_STALE -1     /* the lease was lost: nothing was changed */
 
 /* Records the final outcomes of n tasks of one queue (c[0].queue, one
- * consumer, one TTL) in one script call per batch: for each, checks the
- * lease, XACK + XDEL the entry, writes the record (unless the task already
+ * TTL) in one script call per batch: for each, XACK (an entry no longer
+ * pending is refused as stale) + XDEL the entry, writes the record (unless the task already
  * has a final one), dead-letters it when asked (bounded by b->dead_max and
  * b->dead_ttl_ms), bumps counters, PUBLISHes the state. outcomes[i] is
  * BROKER_RECORDED, BROKER_DUPLICATE or BROKER_STALE. */

@@ -26,6 +26,9 @@ int broker_integer_reply(broker_conn *b, redisReply *r, const char *script, int 
 /* Fills e from one [id, [field, value, ...]] stream entry. Returns
  * CELER_ENOMEM or 0; shape problems land in e->problem. */
 int broker_parse_entry(redisReply *item, broker_entry *e);
+/* Parses a decimal count the system stored (len bytes, not terminated);
+ * a malformed or empty one reads as absent: false, *out untouched. */
+bool broker_parse_count(const char *s, size_t len, int64_t *out);
 /* A NUL-terminated malloc'd copy of len bytes, or NULL. */
 char *broker_copy_bytes(const char *s, size_t len);
 

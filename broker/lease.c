@@ -41,15 +41,8 @@ static int parse_lost(redisReply *row, broker_entry *e) {
   snprintf(e->entry_id, sizeof e->entry_id, "%.*s", (int)f[0]->len, f[0]->str);
   if ((e->payload = broker_copy_bytes(f[1]->str, f[1]->len)) == NULL) return CELER_ENOMEM;
   e->payload_len = f[1]->len;
-  char buf[24];
-  int64_t v;
-  snprintf(buf, sizeof buf, "%.*s", (int)f[2]->len, f[2]->str);
-  if (celer_parse_i64(buf, &v) == 0) e->redeliveries = v;
-  snprintf(buf, sizeof buf, "%.*s", (int)f[3]->len, f[3]->str);
-  if (f[3]->len > 0 && celer_parse_i64(buf, &v) == 0) {
-    e->attempt = v;
-    e->has_attempt = true;
-  }
+  broker_parse_count(f[2]->str, f[2]->len, &e->redeliveries);
+  e->has_attempt = broker_parse_count(f[3]->str, f[3]->len, &e->attempt);
   return 0;
 }
 

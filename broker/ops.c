@@ -176,9 +176,7 @@ char *broker_copy_bytes(const char *s, size_t len) {
   return p;
 }
 
-/* Parses a decimal count stored by the system; a malformed one reads as
- * absent (false). */
-static bool parse_count(const char *s, size_t len, int64_t *out) {
+bool broker_parse_count(const char *s, size_t len, int64_t *out) {
   char buf[24];
   int64_t v;
   if (len >= sizeof buf) return false;
@@ -211,9 +209,9 @@ int broker_parse_entry(redisReply *item, broker_entry *e) {
         } else if (name->len == 8 && memcmp(name->str, "promoted", 8) == 0) {
           e->promoted = value->len == 1 && value->str[0] == '1';
         } else if (name->len == 7 && memcmp(name->str, "attempt", 7) == 0) {
-          e->has_attempt = parse_count(value->str, value->len, &e->attempt);
+          e->has_attempt = broker_parse_count(value->str, value->len, &e->attempt);
         } else if (name->len == 12 && memcmp(name->str, "redeliveries", 12) == 0) {
-          parse_count(value->str, value->len, &e->redeliveries);
+          broker_parse_count(value->str, value->len, &e->redeliveries);
         }
       }
       if (e->payload == NULL) problem = "the stream entry has no `task` field";
@@ -348,7 +346,7 @@ int broker_integer_reply(broker_conn *b, redisReply *r, const char *script, int 
 /* Tasks recorded per complete.lua call: a prefetch batch fits, and the
  * argument vector stays bounded. */
 #define COMPLETE_BATCH 200
-#define COMPLETE_FIXED_ARGS 11 /* 4 keys + 7 arguments before the items */
+#define COMPLETE_FIXED_ARGS 10 /* 4 keys + 6 arguments before the items */
 
 int broker_complete(broker_conn *b, const broker_completion *c, size_t n, int *outcomes) {
   char stream[BROKER_KEY_MAX + 1], stats[BROKER_KEY_MAX + 1], dead[BROKER_KEY_MAX + 1],
@@ -369,9 +367,8 @@ int broker_complete(broker_conn *b, const broker_completion *c, size_t n, int *o
   snprintf(dead_age, sizeof dead_age, "%lld", (long long)b->dead_ttl_ms);
   for (size_t done_n = 0; done_n < n;) {
     size_t k = n - done_n > COMPLETE_BATCH ? COMPLETE_BATCH : n - done_n;
-    const char *fixed[COMPLETE_FIXED_ARGS] = {stream, stats, dead, entries, BROKER_GROUP,
-                                              c[0].consumer, ttl, dead_max, dead_age,
-                                              results, done};
+    const char *fixed[COMPLETE_FIXED_ARGS] = {stream, stats, dead,     entries,  BROKER_GROUP,
+                                              ttl,    dead_max, dead_age, results, done};
     int argc = 0;
     for (; argc < COMPLETE_FIXED_ARGS; argc++) {
       argv[argc] = fixed[argc];

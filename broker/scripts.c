@@ -51,7 +51,7 @@ static int load_script(broker_conn *b, broker_script s) {
 
 /* The most arguments any of our scripts takes (a handback of a full
  * prefetch), plus EVALSHA, sha and numkeys. */
-#define SCRIPT_ARGC_MAX 1100 /* >= 11 + 5 * the complete batch of ops.c */
+#define SCRIPT_ARGC_MAX 1100 /* >= 10 + 5 * the complete batch of ops.c */
 
 void *broker_eval(broker_conn *b, int *code, broker_script s, int nkeys,
                   const char **argv, const size_t *argvlen, int argc) {

@@ -92,7 +92,6 @@ int outcome_prepare(const outcome_sink *s, const broker_entry *e, const char *qu
   }
   *c = (broker_completion){.queue = queue,
                            .entry_id = e->entry_id,
-                           .consumer = s->consumer,
                            .task_id = id,
                            .state = res->state,
                            .record = json,

@@ -51,14 +51,32 @@ int runner_init(runner *r, broker_conn *conn, const celer_registry *reg,
   size_t n = cfg->nqueues ? cfg->nqueues : 1;
   r->paused = calloc(n, sizeof *r->paused);
   r->active = calloc(n, sizeof *r->active);
-  r->cap_pending = (size_t)r->cfg.prefetch;
-  r->pending = calloc(r->cap_pending, sizeof *r->pending);
-  return r->paused && r->active && r->pending ? 0 : CELER_ENOMEM;
+  size_t cap = (size_t)r->cfg.prefetch;
+  r->cap_pending = cap;
+  r->pending = calloc(cap, sizeof *r->pending);
+  r->canceled = calloc(cap, sizeof *r->canceled);
+  r->got = calloc(cap, sizeof *r->got);
+  r->ids = calloc(cap, sizeof *r->ids);
+  r->which = calloc(cap, sizeof *r->which);
+  r->idbuf = calloc(cap, sizeof *r->idbuf);
+  r->batch = calloc(cap, sizeof *r->batch);
+  r->outcomes = calloc(cap, sizeof *r->outcomes);
+  return r->paused && r->active && r->pending && r->canceled && r->got && r->ids && r->which &&
+                 r->idbuf && r->batch && r->outcomes
+             ? 0
+             : CELER_ENOMEM;
 }
 
 void runner_free(runner *r) {
   for (size_t i = 0; i < r->npending; i++) pending_clear(&r->pending[i]);
   free(r->pending);
+  free(r->canceled);
+  free(r->got);
+  free(r->ids);
+  free(r->which);
+  free(r->idbuf);
+  free(r->batch);
+  free(r->outcomes);
   r->pending = NULL;
   free(r->paused);
   free(r->active);
@@ -222,7 +240,6 @@ static int schedule_retry(runner *r, const broker_entry *e, const char *queue, c
   int rc = outcome_retry(&sink, e, queue, id, env, res, &outcome);
   if (rc != 0) return rc;
   if (outcome == BROKER_RECORDED) {
-    r->stats.retried++;
     count_state(r, e->queue_index, CELER_RETRYING);
     celer_log_fields f = {id, env->task, queue, "RETRYING", env->attempt,
                           res->finished_at - res->started_at};
@@ -230,11 +247,9 @@ static int schedule_retry(runner *r, const broker_entry *e, const char *queue, c
                    res->error_type, res->error_message, (long long)env->attempt + 1,
                    (long long)res->retry_delay_ms);
   } else if (outcome == BROKER_STALE) {
-    r->stats.stale++;
     count_fence(r, outcome);
     celer_log(CELER_LOG_WARN, id, "lease lost while running: the retry was not recorded");
   } else {
-    r->stats.duplicates++;
     count_fence(r, outcome);
   }
   return 0;
@@ -244,7 +259,6 @@ static int schedule_retry(runner *r, const broker_entry *e, const char *queue, c
 static void account(runner *r, const pending_done *p, int outcome) {
   const char *id = p->id;
   if (outcome == BROKER_STALE) {
-    r->stats.stale++;
     count_fence(r, outcome);
     celer_log(CELER_LOG_WARN, id, "lease lost while running: this %s was not recorded",
               celer_state_name(p->state));
@@ -252,23 +266,14 @@ static void account(runner *r, const pending_done *p, int outcome) {
   }
   if (outcome == BROKER_DUPLICATE) {
     if (p->state == CELER_CANCELED) {
-      r->stats.canceled++;
       celer_log(CELER_LOG_INFO, id, "canceled: dropped without running");
     } else {
-      r->stats.duplicates++;
-      count_fence(r, outcome);
+        count_fence(r, outcome);
       celer_log(CELER_LOG_WARN, id, "task already had a final record; this run was a duplicate");
     }
     return;
   }
   count_state(r, p->queue_index, p->state);
-  switch (p->state) {
-    case CELER_SUCCEEDED: r->stats.succeeded++; break;
-    case CELER_REJECTED: r->stats.rejected++; break;
-    case CELER_EXPIRED: r->stats.expired++; break;
-    case CELER_CANCELED: r->stats.canceled++; break;
-    default: r->stats.failed++; break;
-  }
   const char *task = p->task[0] ? p->task : "task";
   celer_log_fields f = {id, p->task[0] ? p->task : NULL, r->cfg.queues[p->queue_index],
                         celer_state_name(p->state), p->attempt, p->duration_ms};
@@ -288,10 +293,9 @@ static void account(runner *r, const pending_done *p, int outcome) {
  * the leases bring them back). */
 static int flush(runner *r) {
   int rc = 0;
-  broker_completion *batch = calloc(r->npending ? r->npending : 1, sizeof *batch);
-  size_t *which = calloc(r->npending ? r->npending : 1, sizeof *which);
-  int *outcomes = calloc(r->npending ? r->npending : 1, sizeof *outcomes);
-  if (!batch || !which || !outcomes) rc = CELER_ENOMEM;
+  broker_completion *batch = r->batch;
+  size_t *which = r->which;
+  int *outcomes = r->outcomes;
   for (size_t q = 0; rc == 0 && q < r->cfg.nqueues; q++) {
     size_t k = 0;
     for (size_t i = 0; i < r->npending; i++) {
@@ -305,9 +309,6 @@ static int flush(runner *r) {
   }
   for (size_t i = 0; i < r->npending; i++) pending_clear(&r->pending[i]);
   r->npending = 0;
-  free(batch);
-  free(which);
-  free(outcomes);
   return rc;
 }
 
@@ -484,29 +485,21 @@ static size_t active_queues(runner *r) {
 /* Which fetched entries were canceled: one ZMSCORE per queue present.
  * Entries whose envelope cannot be read are never canceled. */
 static int check_canceled(runner *r, broker_entry *entries, size_t n, bool *canceled) {
-  const char **ids = calloc(n, sizeof *ids);
-  size_t *which = calloc(n, sizeof *which);
-  bool *got = calloc(n, sizeof *got);
-  char (*idbuf)[CELER_ID_MAX + 1] = calloc(n, sizeof *idbuf);
-  int rc = ids && which && got && idbuf ? 0 : CELER_ENOMEM;
+  int rc = 0;
   for (size_t q = 0; rc == 0 && q < r->cfg.nqueues; q++) {
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
       if (entries[i].queue_index != q || canceled[i]) continue;
-      if (quick_id(entries[i].payload, entries[i].payload_len, idbuf[k]) ||
-          salvage_id(entries[i].payload, entries[i].payload_len, idbuf[k])) {
-        ids[k] = idbuf[k];
-        which[k++] = i;
+      if (quick_id(entries[i].payload, entries[i].payload_len, r->idbuf[k]) ||
+          salvage_id(entries[i].payload, entries[i].payload_len, r->idbuf[k])) {
+        r->ids[k] = r->idbuf[k];
+        r->which[k++] = i;
       }
     }
     if (k == 0) continue;
-    rc = broker_canceled(r->conn, r->cfg.queues[q], ids, k, got);
-    for (size_t j = 0; rc == 0 && j < k; j++) canceled[which[j]] = got[j];
+    rc = broker_canceled(r->conn, r->cfg.queues[q], r->ids, k, r->got);
+    for (size_t j = 0; rc == 0 && j < k; j++) canceled[r->which[j]] = r->got[j];
   }
-  free(ids);
-  free(which);
-  free(got);
-  free(idbuf);
   return rc;
 }
 
@@ -531,7 +524,6 @@ static void slot_hold(runner *r, const broker_entry *entries, size_t n) {
     k++;
   }
   r->slot->nheld = (uint32_t)k;
-  r->slot->run.last_fetch_mono = celer_mono_ms();
   slot_write_end(r->slot);
 }
 
@@ -539,7 +531,7 @@ static void slot_hold(runner *r, const broker_entry *entries, size_t n) {
  * recycling (task count or resident size). */
 static bool should_stop(runner *r) {
   if (*r->stop) return true;
-  if (r->cfg.max_tasks > 0 && r->stats.handled >= r->cfg.max_tasks) return true;
+  if (r->cfg.max_tasks > 0 && r->handled >= r->cfg.max_tasks) return true;
   if (r->cfg.max_rss_kb > 0) {
     long pages = 0, resident = 0;
     FILE *f = fopen("/proc/self/statm", "r");
@@ -608,11 +600,10 @@ int runner_step(runner *r) {
     hand_back(r, entries + r->cfg.prefetch, n - (size_t)r->cfg.prefetch);
     n = (size_t)r->cfg.prefetch;
   }
-  r->stats.fetched += n;
   slot_hold(r, entries, n);
-  bool *canceled = calloc(n, sizeof *canceled);
-  if (canceled == NULL) rc = CELER_ENOMEM;
-  if (rc == 0) rc = check_canceled(r, entries, n, canceled);
+  bool *canceled = r->canceled;
+  memset(canceled, 0, n * sizeof *canceled);
+  rc = check_canceled(r, entries, n, canceled);
   int64_t checked = celer_mono_ms();
   size_t i = 0;
   for (; i < n && rc == 0; i++) {
@@ -628,7 +619,7 @@ int runner_step(runner *r) {
     if (rc == 0 && r->npending > 0 && celer_mono_ms() - r->first_pending_mono >= RUNNER_FLUSH_MS)
       rc = flush(r);
     if (rc == 0) rc = handle_entry(r, &entries[i], canceled[i]);
-    if (rc == 0) r->stats.handled++;
+    if (rc == 0) r->handled++;
   }
   if (rc == 0 && r->npending > 0) rc = flush(r);
   if (rc == 0 && r->slot) {
@@ -646,7 +637,6 @@ int runner_step(runner *r) {
     r->slot->nheld = 0;
     slot_write_end(r->slot);
   }
-  free(canceled);
   broker_entries_free(entries, fetched);
   return rc;
 }

@@ -362,11 +362,6 @@ typedef struct runner_config {
   size_t max_payload;
 } runner_config;
 
-typedef struct runner_stats {
-  uint64_t handled; /* entries taken to an outcome (recycling counts these) */
-  uint64_t fetched, succeeded, failed, retried, rejected, expired, canceled, duplicates,
-      stale;
-} runner_stats;
 
 /* Longest a finished result waits for the rest of its batch before it is
  * recorded: batching saves round trips, not latency. */
@@ -397,7 +392,15 @@ typedef struct runner {
   pending_done *pending;             /* owned; room for a prefetch batch */
   size_t npending, cap_pending;
   int64_t first_pending_mono;
-  runner_stats stats;
+  uint64_t handled;                  /* entries taken to an outcome (recycling) */
+  /* Scratch for one batch, allocated with the runner so that the hot path
+   * allocates nothing: */
+  bool *canceled, *got;
+  const char **ids;
+  size_t *which;
+  char (*idbuf)[CELER_ID_MAX + 1];
+  broker_completion *batch;
+  int *outcomes;
 } runner;
 
 /* Prepares r; returns 0 or CELER_ENOMEM. slot may be NULL. */

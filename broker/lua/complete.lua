@@ -2,11 +2,10 @@
 -- one call per batch a worker finished.
 -- KEYS[1] the queue's stream, KEYS[2] its stats hash, KEYS[3] its dead set
 -- (zset: id -> time), KEYS[4] its dead entries (hash: id -> JSON).
--- ARGV[1] consumer group, ARGV[2] the consumer (unused: the fence is
--- XACK's answer, below),
--- ARGV[3] record TTL in ms, ARGV[4] most dead entries kept, ARGV[5]
--- longest time a dead entry is kept (ms), ARGV[6] the result key prefix
--- "<ns>:{q}:result:", ARGV[7] the done channel prefix "<ns>:{q}:done:"
+-- ARGV[1] consumer group, ARGV[2] record TTL in ms, ARGV[3] most dead
+-- entries kept, ARGV[4] longest time a dead entry is kept (ms), ARGV[5]
+-- the result key prefix "<ns>:{q}:result:", ARGV[6] the done channel
+-- prefix "<ns>:{q}:done:"
 -- (result keys are in the queue's slot), then five arguments per task:
 -- stream entry id ("" when none), task id, the record (JSON), the final
 -- state name, the dead entry ("" = not dead-lettered).
@@ -14,13 +13,13 @@
 -- already had a final record (at-most-once result: the entry is acked
 -- and, unless a canceled task is being dropped, a duplicate is counted);
 -- -1 the lease was lost (nothing is written; `stale` is counted).
-local group, ttl = ARGV[1], ARGV[3]
+local group, ttl = ARGV[1], ARGV[2]
 local counts = {}
 local function count(field) counts[field] = (counts[field] or 0) + 1 end
 local outcomes = {}
 local dead_added = false
 local now = nil
-for i = 8, #ARGV, 5 do
+for i = 7, #ARGV, 5 do
   local entry, id, record, state, dead = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
                                          ARGV[i + 4]
   local outcome = 1
@@ -33,7 +32,7 @@ for i = 8, #ARGV, 5 do
     outcome = -1
   else
     if entry ~= '' then redis.call('XDEL', KEYS[1], entry) end
-    local key = ARGV[6] .. id
+    local key = ARGV[5] .. id
     local current = final_state(key)
     if current then
       -- A worker dropping a canceled task is not a duplicate run.
@@ -49,7 +48,7 @@ for i = 8, #ARGV, 5 do
         redis.call('HSET', KEYS[4], id, dead)
         dead_added = true
       end
-      redis.call('PUBLISH', ARGV[7] .. id, state)
+      redis.call('PUBLISH', ARGV[6] .. id, state)
     end
   end
   table.insert(outcomes, outcome)
@@ -57,13 +56,13 @@ end
 for field, n in pairs(counts) do redis.call('HINCRBY', KEYS[2], field, n) end
 if dead_added then
   -- Bounded by age, then by count; the oldest go first.
-  local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[5]),
+  local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[4]),
                          'LIMIT', 0, 1000)
   for _, id in ipairs(old) do
     redis.call('ZREM', KEYS[3], id)
     redis.call('HDEL', KEYS[4], id)
   end
-  local over = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[4])
+  local over = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[3])
   if over > 0 then
     for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, over - 1)) do
       redis.call('HDEL', KEYS[4], id)
