@@ -14,7 +14,9 @@
  *
  * Output: with --json one JSON document on stdout; otherwise text for
  * people. Errors: one sentence on stderr, prefixed "taskctl: ".
- * Exit codes: see the tc_exit enum. */
+ * Exit codes: see the tc_exit enum. The views (queues, stats, workers,
+ * top) and the text helpers live in files of their own: see the map in
+ * client/taskctl.h. */
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -27,37 +29,16 @@
 #include "celer/client.h"
 #include "celer/envelope.h"
 #include "common/common.h"
+#include "client/taskctl.h"
 
-#define PROGRAM "taskctl"
-
-/* Exit codes of the contract. */
-typedef enum tc_exit {
-  TC_EXIT_OK = 0,        /* success */
-  TC_EXIT_NEGATIVE = 1,  /* the answer is negative: failed, not found, not final */
-  TC_EXIT_USAGE = 2,     /* bad command line or configuration */
-  TC_EXIT_BROKER = 3,    /* broker unreachable or authentication refused */
-  TC_EXIT_TIMEOUT = 4,   /* timed out waiting */
-} tc_exit;
-
-/* No command takes more positional arguments than this. */
-#define TC_MAX_POSITIONALS 2
 /* Longest accepted time span on the command line: a century. Far beyond
  * any real countdown or wait, and it keeps now + span far below the
  * largest JSON integer (CELER_MAX_JSON_INT ms). */
 #define TC_MAX_SECONDS (100LL * 366 * 24 * 3600)
-/* Milliseconds per second and per larger unit, for conversions. */
-#define TC_MS_PER_S 1000LL
-#define TC_S_PER_MIN 60LL
-#define TC_S_PER_HOUR 3600LL
-#define TC_S_PER_DAY 86400LL
 /* Room for one formatted time: RFC 3339 with milliseconds plus "(...)". */
 #define TC_TIME_TEXT_MAX 96
-/* Room for a broker URL as shown to people, password masked. */
-#define TC_URL_TEXT_MAX 1024
 /* Significant digits of ping's latency in JSON ("0.123", "1234.567"). */
 #define TC_LATENCY_DIGITS 10
-/* Longest message this program composes itself. */
-#define TC_MSG_MAX 1024
 /* Rows of a record table: the known fields plus any extras. */
 #define TC_RECORD_ROWS_MAX 48
 /* dead: rows shown when --limit is not given. */
@@ -74,32 +55,6 @@ typedef enum tc_exit {
 /* ------------------------------------------------------------------ */
 /* Command-line model                                                   */
 
-typedef enum opt_key {
-  OPT_BROKER,
-  OPT_NAMESPACE,
-  OPT_JSON,
-  OPT_CONFIG,
-  OPT_HELP,
-  OPT_ARGS,
-  OPT_KWARGS,
-  OPT_QUEUE,
-  OPT_COUNTDOWN,
-  OPT_ETA,
-  OPT_EXPIRES,
-  OPT_MAX_RETRIES,
-  OPT_TIMEOUT,
-  OPT_ID,
-  OPT_WAIT,
-  OPT_LIMIT,
-  OPT_OFFSET,
-  OPT_ALL,
-  OPT_READY,
-  OPT_SCHEDULED,
-  OPT_DEAD,
-  OPT_YES,
-  OPT_COUNT
-} opt_key;
-
 typedef enum arg_kind {
   ARG_NONE,             /* a flag: --json */
   ARG_REQUIRED,         /* --queue Q or --queue=Q */
@@ -114,22 +69,6 @@ typedef struct opt_spec {
   const char *metavar; /* shown in help; NULL for flags */
   const char *help;
 } opt_spec;
-
-/* What the command line said, uninterpreted. Strings borrow from argv. */
-typedef struct cmdline {
-  bool given[OPT_COUNT];
-  const char *value[OPT_COUNT]; /* the last one given; "" for flags */
-  const char *pos[TC_MAX_POSITIONALS];
-  int npos;
-} cmdline;
-
-/* Everything a handler works with. */
-typedef struct session {
-  const cmdline *cl;
-  bool json;
-  celer_config cfg;
-  celer_client *client; /* NULL until session_connect */
-} session;
 
 typedef int (*command_fn)(session *s);
 
@@ -160,9 +99,8 @@ static const opt_spec global_options[] = {
 /* ------------------------------------------------------------------ */
 /* Messages                                                             */
 
-static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Prints "taskctl: <sentence>" on stderr; returns code for tail calls. */
-static int fail(int code, const char *fmt, ...) {
+int tc_fail(int code, const char *fmt, ...) {
   char msg[TC_MSG_MAX];
   va_list ap;
   va_start(ap, fmt);
@@ -182,12 +120,12 @@ static int usage_error(const command *cmd, const char *fmt, ...) {
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
   if (cmd)
-    return fail(TC_EXIT_USAGE, "%s; see '" PROGRAM " %s --help'", msg, cmd->name);
-  return fail(TC_EXIT_USAGE, "%s; see '" PROGRAM " --help'", msg);
+    return tc_fail(TC_EXIT_USAGE, "%s; see '" PROGRAM " %s --help'", msg, cmd->name);
+  return tc_fail(TC_EXIT_USAGE, "%s; see '" PROGRAM " --help'", msg);
 }
 
 /* The broker URL as people may see it: password masked, never printed. */
-static void describe_url(const char *url, char *buf, size_t size) {
+void tc_describe_url(const char *url, char *buf, size_t size) {
   broker_url u;
   char err[CELER_ERRSTR_LEN];
   if (broker_url_parse(url, &u, err, sizeof err) == 0)
@@ -329,10 +267,10 @@ static int parse_json_option(const char *name, const char *text, json_type want,
   json_error_t jerr;
   json_t *v = json_loads(text, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &jerr);
   if (v == NULL)
-    return fail(TC_EXIT_USAGE, "--%s is not valid JSON: %s (line %d, column %d)", name,
+    return tc_fail(TC_EXIT_USAGE, "--%s is not valid JSON: %s (line %d, column %d)", name,
                 jerr.text, jerr.line, jerr.column);
   if (json_typeof(v) != want) {
-    fail(TC_EXIT_USAGE, "--%s must be a JSON %s, not %s", name,
+    tc_fail(TC_EXIT_USAGE, "--%s must be a JSON %s, not %s", name,
          want == JSON_ARRAY ? "array" : "object", json_kind(v));
     json_decref(v);
     return TC_EXIT_USAGE;
@@ -341,9 +279,9 @@ static int parse_json_option(const char *name, const char *text, json_type want,
   return 0;
 }
 
-static int parse_seconds_option(const char *name, const char *text, int64_t *ms) {
+int tc_parse_seconds_option(const char *name, const char *text, int64_t *ms) {
   if (parse_seconds(text, ms) != 0)
-    return fail(TC_EXIT_USAGE,
+    return tc_fail(TC_EXIT_USAGE,
                 "--%s must be a number of seconds up to %lld, such as 30 or 0.5, not '%s'",
                 name, (long long)TC_MAX_SECONDS, text);
   return 0;
@@ -351,7 +289,7 @@ static int parse_seconds_option(const char *name, const char *text, int64_t *ms)
 
 static int check_id(const char *id) {
   if (strlen(id) > CELER_ID_MAX || !celer_valid_id(id))
-    return fail(TC_EXIT_USAGE,
+    return tc_fail(TC_EXIT_USAGE,
                 "'%s' is not a valid task id: use 1 to %d characters from A-Z a-z 0-9 _ -",
                 id, CELER_ID_MAX);
   return 0;
@@ -359,7 +297,7 @@ static int check_id(const char *id) {
 
 static int check_queue(const char *q) {
   if (strlen(q) > CELER_QUEUE_NAME_MAX || !celer_valid_queue_name(q))
-    return fail(TC_EXIT_USAGE,
+    return tc_fail(TC_EXIT_USAGE,
                 "'%s' is not a valid queue name: use 1 to %d characters from "
                 "A-Z a-z 0-9 _ . -",
                 q, CELER_QUEUE_NAME_MAX);
@@ -367,7 +305,7 @@ static int check_queue(const char *q) {
 }
 
 /* Validates --queue when given; *queue stays NULL otherwise. */
-static int take_queue(const cmdline *cl, const char **queue) {
+int tc_take_queue(const cmdline *cl, const char **queue) {
   *queue = NULL;
   if (!cl->given[OPT_QUEUE]) return 0;
   int rc = check_queue(cl->value[OPT_QUEUE]);
@@ -377,12 +315,12 @@ static int take_queue(const cmdline *cl, const char **queue) {
 
 /* Reads the whole-number option --name (key) from 0 to max; *out keeps
  * its value when the option was not given. */
-static int take_count(const cmdline *cl, opt_key key, const char *name, int64_t max,
+int tc_take_count(const cmdline *cl, opt_key key, const char *name, int64_t max,
                       int64_t *out) {
   if (!cl->given[key]) return 0;
   int64_t v;
   if (celer_parse_i64(cl->value[key], &v) != 0 || v > max)
-    return fail(TC_EXIT_USAGE, "--%s must be a whole number from 0 to %lld, not '%s'", name,
+    return tc_fail(TC_EXIT_USAGE, "--%s must be a whole number from 0 to %lld, not '%s'", name,
                 (long long)max, cl->value[key]);
   *out = v;
   return 0;
@@ -395,7 +333,7 @@ static int take_wait(const cmdline *cl, int64_t *wait_ms) {
     *wait_ms = -1;
     return 0;
   }
-  return parse_seconds_option("wait", v, wait_ms);
+  return tc_parse_seconds_option("wait", v, wait_ms);
 }
 
 /* ------------------------------------------------------------------ */
@@ -404,36 +342,13 @@ static int take_wait(const cmdline *cl, int64_t *wait_ms) {
 /* Prints v as one compact JSON document and a newline. */
 static int print_json_flags(const json_t *v, size_t flags) {
   char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | flags);
-  if (text == NULL) return fail(TC_EXIT_NEGATIVE, "out of memory formatting JSON");
+  if (text == NULL) return tc_fail(TC_EXIT_NEGATIVE, "out of memory formatting JSON");
   puts(text);
   free(text);
   return 0;
 }
 
-static int print_json(const json_t *v) { return print_json_flags(v, 0); }
-
-/* "3s ago", "in 2m 5s", "just now". */
-static void format_relative(int64_t delta_ms, char *buf, size_t size) {
-  bool future = delta_ms < 0;
-  int64_t s = (future ? -delta_ms : delta_ms) / TC_MS_PER_S;
-  char span[48];
-  if (s == 0) {
-    snprintf(buf, size, "just now");
-    return;
-  }
-  if (s < TC_S_PER_MIN)
-    snprintf(span, sizeof span, "%llds", (long long)s);
-  else if (s < TC_S_PER_HOUR)
-    snprintf(span, sizeof span, "%lldm %llds", (long long)(s / TC_S_PER_MIN),
-             (long long)(s % TC_S_PER_MIN));
-  else if (s < TC_S_PER_DAY)
-    snprintf(span, sizeof span, "%lldh %lldm", (long long)(s / TC_S_PER_HOUR),
-             (long long)(s % TC_S_PER_HOUR / TC_S_PER_MIN));
-  else
-    snprintf(span, sizeof span, "%lldd %lldh", (long long)(s / TC_S_PER_DAY),
-             (long long)(s % TC_S_PER_DAY / TC_S_PER_HOUR));
-  snprintf(buf, size, future ? "in %s" : "%s ago", span);
-}
+int tc_print_json(const json_t *v) { return print_json_flags(v, 0); }
 
 /* "2026-11-26T10:00:00.123Z (3s ago)". */
 static void format_time(int64_t ms, int64_t now_ms, char *buf, size_t size) {
@@ -447,7 +362,7 @@ static void format_time(int64_t ms, int64_t now_ms, char *buf, size_t size) {
     snprintf(buf, size, "%lld", (long long)ms);
     return;
   }
-  format_relative(now_ms - ms, rel, sizeof rel);
+  tc_format_relative(now_ms - ms, rel, sizeof rel);
   celer_fmt(buf, size, "%s.%03dZ (%s)", date, frac, rel);
 }
 
@@ -542,7 +457,7 @@ static void print_record_table(const json_t *rec) {
 
 /* The record in the chosen output form. */
 static int print_record(const session *s, const json_t *rec) {
-  if (s->json) return print_json(rec);
+  if (s->json) return tc_print_json(rec);
   print_record_table(rec);
   return 0;
 }
@@ -581,12 +496,12 @@ static int exit_code_for(int rc, bool waiting) {
 }
 
 /* Reports the client's last failure; returns the exit code. */
-static int client_failure(const session *s, int rc, bool waiting) {
+int tc_client_failure(const session *s, int rc, bool waiting) {
   const char *why = s->client ? celer_client_errstr(s->client) : "";
-  return fail(exit_code_for(rc, waiting), "%s", why && *why ? why : celer_strerror(rc));
+  return tc_fail(exit_code_for(rc, waiting), "%s", why && *why ? why : celer_strerror(rc));
 }
 
-static int session_connect(session *s) {
+int tc_connect(session *s) {
   celer_client_options o = {
       .broker_url = s->cfg.broker_url,
       .password_file = s->cfg.password_file,
@@ -595,12 +510,12 @@ static int session_connect(session *s) {
       .result_ttl_s = s->cfg.result_ttl_s,
   };
   s->client = celer_client_new(&o);
-  if (s->client == NULL) return fail(TC_EXIT_NEGATIVE, "out of memory creating a client");
+  if (s->client == NULL) return tc_fail(TC_EXIT_NEGATIVE, "out of memory creating a client");
   int rc = celer_client_connect(s->client);
   if (rc == 0) return 0;
   /* A password file that cannot be read is a configuration error. */
-  if (rc == CELER_EIO) return fail(TC_EXIT_USAGE, "%s", celer_client_errstr(s->client));
-  return client_failure(s, rc, false);
+  if (rc == CELER_EIO) return tc_fail(TC_EXIT_USAGE, "%s", celer_client_errstr(s->client));
+  return tc_client_failure(s, rc, false);
 }
 
 /* ------------------------------------------------------------------ */
@@ -613,21 +528,21 @@ static int64_t mono_us(void) {
 }
 
 static int cmd_ping(session *s) {
-  int rc = session_connect(s);
+  int rc = tc_connect(s);
   if (rc) return rc;
   int64_t start = mono_us();
   rc = celer_ping(s->client);
   double latency_ms = (double)(mono_us() - start) / 1000.0;
-  if (rc) return client_failure(s, rc, false);
+  if (rc) return tc_client_failure(s, rc, false);
   if (s->json) {
     json_t *doc = json_pack("{s:b, s:f}", "ok", 1, "latency_ms", latency_ms);
-    if (doc == NULL) return fail(TC_EXIT_NEGATIVE, "out of memory formatting JSON");
+    if (doc == NULL) return tc_fail(TC_EXIT_NEGATIVE, "out of memory formatting JSON");
     rc = print_json_flags(doc, JSON_REAL_PRECISION(TC_LATENCY_DIGITS));
     json_decref(doc);
     return rc;
   }
   char url[TC_URL_TEXT_MAX];
-  describe_url(s->cfg.broker_url, url, sizeof url);
+  tc_describe_url(s->cfg.broker_url, url, sizeof url);
   printf("PONG from %s in %.3f ms\n", url, latency_ms);
   return 0;
 }
@@ -650,7 +565,7 @@ static void enqueue_request_clear(enqueue_request *r) {
 static int take_max_retries(const char *text, int *out) {
   int64_t v;
   if (celer_parse_i64(text, &v) != 0 || v > CELER_MAX_RETRIES_LIMIT)
-    return fail(TC_EXIT_USAGE, "--max-retries must be a whole number from 0 to %d, not '%s'",
+    return tc_fail(TC_EXIT_USAGE, "--max-retries must be a whole number from 0 to %d, not '%s'",
                 CELER_MAX_RETRIES_LIMIT, text);
   *out = (int)v;
   return 0;
@@ -661,27 +576,27 @@ static int take_enqueue_times(const cmdline *cl, celer_enqueue_options *o) {
   int rc;
   int64_t ms;
   if (cl->given[OPT_COUNTDOWN] && cl->given[OPT_ETA])
-    return fail(TC_EXIT_USAGE, "--countdown and --eta exclude each other; give one of them");
+    return tc_fail(TC_EXIT_USAGE, "--countdown and --eta exclude each other; give one of them");
   if (cl->given[OPT_COUNTDOWN]) {
-    if ((rc = parse_seconds_option("countdown", cl->value[OPT_COUNTDOWN], &ms))) return rc;
+    if ((rc = tc_parse_seconds_option("countdown", cl->value[OPT_COUNTDOWN], &ms))) return rc;
     o->countdown_ms = ms;
   }
   if (cl->given[OPT_ETA]) {
     if (parse_rfc3339(cl->value[OPT_ETA], &ms) != 0)
-      return fail(TC_EXIT_USAGE,
+      return tc_fail(TC_EXIT_USAGE,
                   "--eta must be an RFC 3339 time such as 2026-11-26T10:00:00Z or "
                   "2026-11-26T11:00:00.5+01:00, not '%s'",
                   cl->value[OPT_ETA]);
-    if (ms <= 0) return fail(TC_EXIT_USAGE, "--eta must be later than 1970-01-01T00:00:00Z");
+    if (ms <= 0) return tc_fail(TC_EXIT_USAGE, "--eta must be later than 1970-01-01T00:00:00Z");
     o->eta_ms = ms;
   }
   if (cl->given[OPT_EXPIRES]) {
-    if ((rc = parse_seconds_option("expires", cl->value[OPT_EXPIRES], &ms))) return rc;
+    if ((rc = tc_parse_seconds_option("expires", cl->value[OPT_EXPIRES], &ms))) return rc;
     o->expires_ms = celer_now_ms() + ms;
   }
   if (cl->given[OPT_TIMEOUT]) {
-    if ((rc = parse_seconds_option("timeout", cl->value[OPT_TIMEOUT], &ms))) return rc;
-    if (ms == 0) return fail(TC_EXIT_USAGE, "--timeout must be more than 0 seconds");
+    if ((rc = tc_parse_seconds_option("timeout", cl->value[OPT_TIMEOUT], &ms))) return rc;
+    if (ms == 0) return tc_fail(TC_EXIT_USAGE, "--timeout must be more than 0 seconds");
     o->timeout_ms = ms;
   }
   return 0;
@@ -693,13 +608,13 @@ static int take_enqueue_request(const cmdline *cl, enqueue_request *r) {
   celer_enqueue_options_init(&r->opts);
   r->task = cl->pos[0];
   if (strlen(r->task) > CELER_TASK_NAME_MAX || !celer_valid_task_name(r->task))
-    return fail(TC_EXIT_USAGE,
+    return tc_fail(TC_EXIT_USAGE,
                 "'%s' is not a valid task name: use 1 to %d characters from "
                 "A-Z a-z 0-9 _ . : -",
                 r->task, CELER_TASK_NAME_MAX);
   if (cl->given[OPT_ID] && (rc = check_id(cl->value[OPT_ID]))) return rc;
   r->opts.id = cl->given[OPT_ID] ? cl->value[OPT_ID] : NULL;
-  if ((rc = take_queue(cl, &r->opts.queue))) return rc;
+  if ((rc = tc_take_queue(cl, &r->opts.queue))) return rc;
   if (cl->given[OPT_MAX_RETRIES] &&
       (rc = take_max_retries(cl->value[OPT_MAX_RETRIES], &r->opts.max_retries)))
     return rc;
@@ -720,8 +635,8 @@ static int print_id(const session *s, const char *id) {
     return 0;
   }
   json_t *doc = json_pack("{s:s}", "id", id);
-  if (doc == NULL) return fail(TC_EXIT_NEGATIVE, "out of memory formatting JSON");
-  int rc = print_json(doc);
+  if (doc == NULL) return tc_fail(TC_EXIT_NEGATIVE, "out of memory formatting JSON");
+  int rc = tc_print_json(doc);
   json_decref(doc);
   return rc;
 }
@@ -748,7 +663,7 @@ static int report_final(const session *s, const char *id, const json_t *rec) {
   if (st == CELER_SUCCEEDED) return 0;
   char why[TC_MSG_MAX / 2];
   error_summary(rec, why, sizeof why);
-  return fail(TC_EXIT_NEGATIVE, "task %s %s: %s", id, state, why);
+  return tc_fail(TC_EXIT_NEGATIVE, "task %s %s: %s", id, state, why);
 }
 
 /* After an enqueue: waits for the final record and reports it. */
@@ -759,9 +674,9 @@ static int wait_and_report(session *s, const enqueue_request *r, const char *id)
     char span[32];
     format_wait(r->wait_ms, span, sizeof span);
     print_id(s, id); /* so the caller still learns the id */
-    return fail(TC_EXIT_TIMEOUT, "task %s did not finish within %s", id, span);
+    return tc_fail(TC_EXIT_TIMEOUT, "task %s did not finish within %s", id, span);
   }
-  if (rc) return client_failure(s, rc, true);
+  if (rc) return tc_client_failure(s, rc, true);
   rc = report_final(s, id, rec);
   json_decref(rec);
   return rc;
@@ -771,10 +686,10 @@ static int cmd_enqueue(session *s) {
   enqueue_request r = {0};
   int rc = take_enqueue_request(s->cl, &r);
   if (rc) return rc;
-  if ((rc = session_connect(s)) == 0) {
+  if ((rc = tc_connect(s)) == 0) {
     char id[CELER_ID_MAX + 1];
     rc = celer_enqueue(s->client, r.task, r.args, r.kwargs, &r.opts, id);
-    if (rc) rc = client_failure(s, rc, false);
+    if (rc) rc = tc_client_failure(s, rc, false);
     else if (r.wait) rc = wait_and_report(s, &r, id);
     else rc = print_id(s, id);
   }
@@ -784,23 +699,23 @@ static int cmd_enqueue(session *s) {
 
 static int not_found(const char *id, const char *queue) {
   if (queue)
-    return fail(TC_EXIT_NEGATIVE,
+    return tc_fail(TC_EXIT_NEGATIVE,
                 "no record for task %s in queue %s; it may be pending, unknown, or expired",
                 id, queue);
-  return fail(TC_EXIT_NEGATIVE,
+  return tc_fail(TC_EXIT_NEGATIVE,
               "no record for task %s; it may be pending, unknown, or expired", id);
 }
 
 static int cmd_task(session *s) {
   const char *id = s->cl->pos[0], *queue = NULL;
   int rc = check_id(id);
-  if (rc == 0) rc = take_queue(s->cl, &queue);
-  if (rc == 0) rc = session_connect(s);
+  if (rc == 0) rc = tc_take_queue(s->cl, &queue);
+  if (rc == 0) rc = tc_connect(s);
   if (rc) return rc;
   json_t *rec = NULL;
   rc = celer_get_record(s->client, queue, id, &rec);
   if (rc == CELER_ENOTFOUND) return not_found(id, queue);
-  if (rc) return client_failure(s, rc, false);
+  if (rc) return tc_client_failure(s, rc, false);
   rc = print_record(s, rec);
   json_decref(rec);
   return rc;
@@ -813,11 +728,11 @@ static int report_result(const session *s, const char *id, const json_t *rec) {
   if (st != CELER_SUCCEEDED) {
     char why[TC_MSG_MAX / 2];
     error_summary(rec, why, sizeof why);
-    return fail(TC_EXIT_NEGATIVE, "task %s %s: %s", id, state, why);
+    return tc_fail(TC_EXIT_NEGATIVE, "task %s %s: %s", id, state, why);
   }
   const json_t *value = json_object_get(rec, "result");
   json_t *null_value = json_null();
-  int rc = print_json(value ? value : null_value);
+  int rc = tc_print_json(value ? value : null_value);
   json_decref(null_value);
   return rc;
 }
@@ -829,9 +744,9 @@ static int wait_for_result(session *s, const char *id, const char *queue, int64_
   if (rc == CELER_ETIMEDOUT) {
     char span[32];
     format_wait(wait_ms, span, sizeof span);
-    return fail(TC_EXIT_TIMEOUT, "task %s did not finish within %s", id, span);
+    return tc_fail(TC_EXIT_TIMEOUT, "task %s did not finish within %s", id, span);
   }
-  if (rc) return client_failure(s, rc, true);
+  if (rc) return tc_client_failure(s, rc, true);
   rc = report_result(s, id, rec);
   json_decref(rec);
   return rc;
@@ -842,13 +757,13 @@ static int cmd_result(session *s) {
   int64_t wait_ms = 0;
   bool wait = s->cl->given[OPT_WAIT];
   int rc = check_id(id);
-  if (rc == 0) rc = take_queue(s->cl, &queue);
+  if (rc == 0) rc = tc_take_queue(s->cl, &queue);
   if (rc == 0 && wait) rc = take_wait(s->cl, &wait_ms);
-  if (rc == 0) rc = session_connect(s);
+  if (rc == 0) rc = tc_connect(s);
   if (rc) return rc;
   json_t *rec = NULL;
   rc = celer_get_record(s->client, queue, id, &rec);
-  if (rc != 0 && rc != CELER_ENOTFOUND) return client_failure(s, rc, false);
+  if (rc != 0 && rc != CELER_ENOTFOUND) return tc_client_failure(s, rc, false);
   celer_state st = CELER_PENDING;
   if (rec) record_state_name(rec, &st);
   if (rec && celer_state_is_final(st)) {
@@ -858,7 +773,7 @@ static int cmd_result(session *s) {
     const char *where = rec ? json_string_value(json_object_get(rec, "queue")) : NULL;
     rc = wait_for_result(s, id, where ? where : queue, wait_ms);
   } else if (rec) {
-    rc = fail(TC_EXIT_NEGATIVE, "task %s is %s and has no result yet; use --wait to wait for it",
+    rc = tc_fail(TC_EXIT_NEGATIVE, "task %s is %s and has no result yet; use --wait to wait for it",
               id, celer_state_name(st));
   } else {
     rc = not_found(id, queue);
@@ -872,15 +787,12 @@ static int cmd_result(session *s) {
 
 /* Prints doc (built by json_pack; NULL when that ran out of memory) and
  * drops it. */
-static int print_json_doc(json_t *doc) {
-  if (doc == NULL) return fail(TC_EXIT_NEGATIVE, "out of memory formatting JSON");
-  int rc = print_json(doc);
+int tc_print_json_doc(json_t *doc) {
+  if (doc == NULL) return tc_fail(TC_EXIT_NEGATIVE, "out of memory formatting JSON");
+  int rc = tc_print_json(doc);
   json_decref(doc);
   return rc;
 }
-
-/* "task" or "tasks" after a count. */
-static const char *tasks_word(int64_t n) { return n == 1 ? "task" : "tasks"; }
 
 /* Where task id lives and how far it got: with a record, the record's
  * queue (when queue is NULL; else queue) and its state; without one,
@@ -892,7 +804,7 @@ static int locate_task(session *s, const char *queue, const char *id,
   snprintf(where, CELER_QUEUE_NAME_MAX + 1, "%s", queue ? queue : CELER_DEFAULT_QUEUE);
   int rc = celer_get_record(s->client, queue, id, &rec);
   if (rc == CELER_ENOTFOUND) return 0;
-  if (rc) return client_failure(s, rc, false);
+  if (rc) return tc_client_failure(s, rc, false);
   const char *q = json_string_value(json_object_get(rec, "queue"));
   if (queue == NULL && q && strlen(q) <= CELER_QUEUE_NAME_MAX && celer_valid_queue_name(q))
     snprintf(where, CELER_QUEUE_NAME_MAX + 1, "%s", q);
@@ -907,8 +819,8 @@ static int locate_task(session *s, const char *queue, const char *id,
 static int cmd_cancel(session *s) {
   const char *id = s->cl->pos[0], *queue = NULL;
   int rc = check_id(id);
-  if (rc == 0) rc = take_queue(s->cl, &queue);
-  if (rc == 0) rc = session_connect(s);
+  if (rc == 0) rc = tc_take_queue(s->cl, &queue);
+  if (rc == 0) rc = tc_connect(s);
   if (rc) return rc;
   char where[CELER_QUEUE_NAME_MAX + 1];
   celer_state st;
@@ -916,28 +828,28 @@ static int cmd_cancel(session *s) {
   bool canceled = false;
   if (!celer_state_is_final(st)) {
     if ((rc = celer_cancel(s->client, where, id, &st, &canceled)))
-      return client_failure(s, rc, false);
+      return tc_client_failure(s, rc, false);
   }
   if (s->json) {
-    rc = print_json_doc(json_pack("{s:s, s:s, s:b}", "id", id, "state", celer_state_name(st),
+    rc = tc_print_json_doc(json_pack("{s:s, s:s, s:b}", "id", id, "state", celer_state_name(st),
                                   "canceled", canceled));
     if (rc) return rc;
   } else if (canceled) {
     printf("canceled task %s in queue %s\n", id, where);
   }
   if (canceled) return 0;
-  return fail(TC_EXIT_NEGATIVE, "task %s is already %s; nothing changed", id,
+  return tc_fail(TC_EXIT_NEGATIVE, "task %s is already %s; nothing changed", id,
               celer_state_name(st));
 }
 
 static int set_paused(session *s, bool paused) {
   const char *queue = s->cl->pos[0];
   int rc = check_queue(queue);
-  if (rc == 0) rc = session_connect(s);
+  if (rc == 0) rc = tc_connect(s);
   if (rc) return rc;
   rc = paused ? celer_pause(s->client, queue) : celer_resume(s->client, queue);
-  if (rc) return client_failure(s, rc, false);
-  if (s->json) return print_json_doc(json_pack("{s:s, s:b}", "queue", queue, "paused", paused));
+  if (rc) return tc_client_failure(s, rc, false);
+  if (s->json) return tc_print_json_doc(json_pack("{s:s, s:b}", "queue", queue, "paused", paused));
   printf("%s queue %s\n", paused ? "paused" : "resumed", queue);
   return 0;
 }
@@ -1044,7 +956,7 @@ static void dead_cells_of(const json_t *entry, int64_t now_ms, dead_cells *c) {
   json_decref(env);
   const json_t *at = json_object_get(entry, "dead_at");
   if (json_is_integer(at) && json_integer_value(at) > 0)
-    format_relative(now_ms - json_integer_value(at), c->since, sizeof c->since);
+    tc_format_relative(now_ms - json_integer_value(at), c->since, sizeof c->since);
   else
     snprintf(c->since, sizeof c->since, "?");
   const json_t *attempt = json_object_get(rec, "attempt");
@@ -1088,7 +1000,10 @@ static void print_dead_table(const json_t *rows, const char *queue, int64_t offs
     printf("%-*s  %-*s  %-*s  %*s  %s\n", wid, c.id, wtask, c.task, wsince, c.since, wattempt,
            c.attempt, error);
   }
-  printf("%zu of %lld dead %s in queue %s", n, (long long)total, tasks_word(total), queue);
+  char shown[TC_COUNT_TEXT_MAX], all[TC_COUNT_TEXT_MAX];
+  tc_format_count((int64_t)n, shown, sizeof shown);
+  tc_format_count(total, all, sizeof all);
+  printf("%s of %s dead %s in queue %s", shown, all, tc_tasks_word(total), queue);
   if (offset > 0) printf(", after the %lld newest", (long long)offset);
   printf("\n");
 }
@@ -1096,18 +1011,18 @@ static void print_dead_table(const json_t *rows, const char *queue, int64_t offs
 static int cmd_dead(session *s) {
   const char *queue = NULL;
   int64_t limit = TC_DEAD_LIMIT_DEFAULT, offset = 0;
-  int rc = take_queue(s->cl, &queue);
-  if (rc == 0) rc = take_count(s->cl, OPT_LIMIT, "limit", CELER_DEAD_LIST_MAX, &limit);
-  if (rc == 0) rc = take_count(s->cl, OPT_OFFSET, "offset", TC_DEAD_OFFSET_MAX, &offset);
-  if (rc == 0) rc = session_connect(s);
+  int rc = tc_take_queue(s->cl, &queue);
+  if (rc == 0) rc = tc_take_count(s->cl, OPT_LIMIT, "limit", CELER_DEAD_LIST_MAX, &limit);
+  if (rc == 0) rc = tc_take_count(s->cl, OPT_OFFSET, "offset", TC_DEAD_OFFSET_MAX, &offset);
+  if (rc == 0) rc = tc_connect(s);
   if (rc) return rc;
   if (queue == NULL) queue = CELER_DEFAULT_QUEUE;
   json_t *rows = NULL;
   int64_t total = 0;
   rc = celer_dead_list(s->client, queue, offset, limit, &rows, &total);
-  if (rc) return client_failure(s, rc, false);
+  if (rc) return tc_client_failure(s, rc, false);
   if (s->json) {
-    rc = print_json_doc(json_pack("{s:s, s:I, s:O}", "queue", queue, "total", (json_int_t)total,
+    rc = tc_print_json_doc(json_pack("{s:s, s:I, s:O}", "queue", queue, "total", (json_int_t)total,
                                   "tasks", rows));
   } else {
     print_dead_table(rows, queue, offset, total);
@@ -1119,20 +1034,22 @@ static int cmd_dead(session *s) {
 static int cmd_retry(session *s) {
   const char *id = s->cl->npos > 0 ? s->cl->pos[0] : NULL, *queue = NULL;
   bool all = s->cl->given[OPT_ALL];
-  if (id == NULL && !all) return fail(TC_EXIT_USAGE, "retry needs a task ID or --all");
-  if (id && all) return fail(TC_EXIT_USAGE, "give a task ID or --all, not both");
+  if (id == NULL && !all) return tc_fail(TC_EXIT_USAGE, "retry needs a task ID or --all");
+  if (id && all) return tc_fail(TC_EXIT_USAGE, "give a task ID or --all, not both");
   int rc = id ? check_id(id) : 0;
-  if (rc == 0) rc = take_queue(s->cl, &queue);
-  if (rc == 0) rc = session_connect(s);
+  if (rc == 0) rc = tc_take_queue(s->cl, &queue);
+  if (rc == 0) rc = tc_connect(s);
   if (rc) return rc;
   if (queue == NULL) queue = CELER_DEFAULT_QUEUE;
   int64_t moved = 0;
   rc = celer_dead_retry(s->client, queue, id, &moved);
-  if (rc) return client_failure(s, rc, false);
+  if (rc) return tc_client_failure(s, rc, false);
   if (s->json)
-    return print_json_doc(
+    return tc_print_json_doc(
         json_pack("{s:s, s:I}", "queue", queue, "moved", (json_int_t)moved));
-  printf("moved %lld %s back to queue %s\n", (long long)moved, tasks_word(moved), queue);
+  char count[TC_COUNT_TEXT_MAX];
+  tc_format_count(moved, count, sizeof count);
+  printf("moved %s %s back to queue %s\n", count, tc_tasks_word(moved), queue);
   return 0;
 }
 
@@ -1160,19 +1077,21 @@ static int cmd_purge(session *s) {
   if (!s->cl->given[OPT_YES]) {
     char what[64];
     describe_parts(parts, what, sizeof what);
-    return fail(TC_EXIT_USAGE,
+    return tc_fail(TC_EXIT_USAGE,
                 "purge would remove %s of queue %s for good; add --yes to do it", what, queue);
   }
-  if ((rc = session_connect(s))) return rc;
+  if ((rc = tc_connect(s))) return rc;
   int64_t counts[3] = {0, 0, 0};
   rc = celer_purge(s->client, queue, parts, counts);
-  if (rc) return client_failure(s, rc, false);
+  if (rc) return tc_client_failure(s, rc, false);
   if (s->json)
-    return print_json_doc(json_pack("{s:s, s:I, s:I, s:I}", "queue", queue, "ready",
+    return tc_print_json_doc(json_pack("{s:s, s:I, s:I, s:I}", "queue", queue, "ready",
                                     (json_int_t)counts[0], "scheduled", (json_int_t)counts[1],
                                     "dead", (json_int_t)counts[2]));
-  printf("purged queue %s: %lld ready, %lld scheduled, %lld dead\n", queue,
-         (long long)counts[0], (long long)counts[1], (long long)counts[2]);
+  char part[3][TC_COUNT_TEXT_MAX];
+  for (int i = 0; i < 3; i++) tc_format_count(counts[i], part[i], sizeof part[i]);
+  printf("purged queue %s: %s ready, %s scheduled, %s dead\n", queue, part[0], part[1],
+         part[2]);
   return 0;
 }
 
@@ -1242,12 +1161,67 @@ static const opt_spec purge_options[] = {
     {NULL, 0, 0, NULL, NULL},
 };
 
+static const opt_spec queues_options[] = {
+    {"queue", OPT_QUEUE, ARG_REQUIRED, "Q", "show only queue Q (exit 1 when it is not known)"},
+    {"limit", OPT_LIMIT, ARG_REQUIRED, "N", "list at most N queues (default 100, at most 10000)"},
+    {"offset", OPT_OFFSET, ARG_REQUIRED, "N", "pass over the first N, by name (default 0)"},
+    {NULL, 0, 0, NULL, NULL},
+};
+
+static const opt_spec workers_options[] = {
+    {"limit", OPT_LIMIT, ARG_REQUIRED, "N", "list at most N workers (default 100, at most 10000)"},
+    {"offset", OPT_OFFSET, ARG_REQUIRED, "N", "pass over the first N, by name (default 0)"},
+    {NULL, 0, 0, NULL, NULL},
+};
+
+static const opt_spec top_options[] = {
+    {"interval", OPT_INTERVAL, ARG_REQUIRED, "SEC", "refresh every SEC seconds (default 1)"},
+    {"iterations", OPT_ITERATIONS, ARG_REQUIRED, "N", "stop after N refreshes (default: never)"},
+    {NULL, 0, 0, NULL, NULL},
+};
+
 static const command commands[] = {
     {"ping", cmd_ping, 0, 0, "", "", "check that the broker answers",
      "Sends PING to the broker and prints how long the answer took; exit 0 when it\n"
      "answers, 3 when it cannot be reached or refuses the credentials.\n"
      "JSON: {\"ok\": true, \"latency_ms\": ...}",
      ping_options, PROGRAM " --broker redis://127.0.0.1:6379/0 ping"},
+    {"queues", cmd_queues, 0, 0, "", "[--queue Q] [--limit N] [--offset N]",
+     "each queue: ready, active, scheduled, retrying, dead, totals, rate",
+     "Lists the known queues by name: ready (not yet taken), active (taken by a\n"
+     "worker, not yet recorded), scheduled (delayed tasks and retries), retrying\n"
+     "(retries among scheduled), dead, processed and failed (FAILED or REJECTED)\n"
+     "totals, the rate (tasks finished per second over the last minute) and\n"
+     "whether the queue is paused. Exit 1 when --queue names an unknown queue.\n"
+     "JSON: [{\"queue\", \"ready\", \"active\", \"scheduled\", \"retrying\", \"dead\",\n"
+     "\"processed\", \"succeeded\", \"failed\", \"rejected\", \"expired\", \"canceled\",\n"
+     "\"retried\", \"paused\", \"rate\"}, ...]",
+     queues_options, PROGRAM " queues --limit 20"},
+    {"stats", cmd_stats, 0, 0, "", "", "totals over every queue, recent rates, live workers",
+     "Sums the counts of every queue, gives the rate of the whole system and of\n"
+     "each busy queue (tasks finished per second over the last minute), names\n"
+     "the paused queues, and counts live and stale workers and their busy slots.\n"
+     "JSON: {\"queues\", \"ready\", \"active\", \"scheduled\", \"retrying\", \"dead\",\n"
+     "\"processed\", \"succeeded\", \"failed\", \"rate\", \"paused\": [Q, ...],\n"
+     "\"rates\": {Q: rate, ...}, \"workers\": {\"live\", \"stale\", \"busy\", \"concurrency\"}}",
+     ping_options, PROGRAM " --json stats"},
+    {"workers", cmd_workers, 0, 0, "", "[--limit N] [--offset N]",
+     "the worker registry: busy slots, totals, last heartbeat",
+     "Lists the workers in the registry by name: host, pid, queues, busy slots\n"
+     "of its concurrency, tasks processed and failed, how long it has run, and\n"
+     "its last heartbeat. A worker whose heartbeat is more than 15 s old is\n"
+     "marked stale: it was killed, or cannot reach the broker.\n"
+     "JSON: [{\"name\", \"host\", \"pid\", \"queues\", \"concurrency\", \"busy\",\n"
+     "\"processed\", \"failed\", \"started_at\", \"last_heartbeat\", \"heartbeat_age_ms\",\n"
+     "\"stale\", ...}, ...]",
+     workers_options, PROGRAM " workers"},
+    {"top", cmd_top, 0, 0, "", "[--interval SEC] [--iterations N]",
+     "a live view of queues and workers",
+     "Shows queues (with rates) and workers (with busy slots), refreshed every\n"
+     "second. On a terminal it takes the whole screen and 'q' quits; otherwise\n"
+     "it prints the tables again at each refresh, after a line with the time.\n"
+     "JSON: one document per refresh and line, {\"at\", \"queues\", \"workers\"}",
+     top_options, PROGRAM " top --interval 2"},
     {"enqueue", cmd_enqueue, 1, 1, "TASK",
      "TASK [--args JSON] [--kwargs JSON] [--queue Q]\n"
      "         [--countdown SEC | --eta TIME] [--expires SEC] [--max-retries N]\n"
@@ -1357,15 +1331,16 @@ static void print_options(const char *title, const opt_spec *opts) {
 static void print_tool_help(void) {
   printf("Usage: " PROGRAM " [--broker URL] [--namespace NS] [--json] [--config FILE] "
          "COMMAND [ARGS]\n\n"
-         "The operator's tool for Celer: check the broker, send tasks, read records\n"
-         "and results, cancel tasks, pause queues, and handle dead tasks.\n\nCommands:\n");
+         "The operator's tool for Celer: see queues and workers, send tasks, read\n"
+         "records and results, cancel tasks, pause queues, and handle dead tasks.\n\n"
+         "Commands:\n");
   for (size_t i = 0; i < COMMAND_COUNT; i++)
     printf("  %-9s %s\n", commands[i].name, commands[i].summary);
   print_options("Global options (before or after the command)", global_options);
   printf("\nSettings: flag > environment > config file > default.\n"
          "Exit status: 0 success; 1 negative answer (task failed, not found, not\n"
-         "finished, already ended); 2 usage error; 3 broker unreachable or\n"
-         "authentication refused; 4 timed out waiting.\n\n"
+         "finished, already ended; queue unknown); 2 usage error; 3 broker\n"
+         "unreachable or authentication refused; 4 timed out waiting.\n\n"
          "Example:\n  " PROGRAM " --broker redis://127.0.0.1:6379/0 enqueue test.noop --wait 10\n"
          "Run '" PROGRAM " COMMAND --help' for the options of one command.\n");
 }
@@ -1481,14 +1456,14 @@ static int parse_command_line(int argc, char **argv, const command **cmd, cmdlin
 static int load_settings(const cmdline *cl, celer_config *cfg) {
   char err[CELER_ERRSTR_LEN];
   const char *file = cl->given[OPT_CONFIG] ? cl->value[OPT_CONFIG] : NULL;
-  if (celer_config_load(cfg, file, err, sizeof err) != 0) return fail(TC_EXIT_USAGE, "%s", err);
+  if (celer_config_load(cfg, file, err, sizeof err) != 0) return tc_fail(TC_EXIT_USAGE, "%s", err);
   if ((cl->given[OPT_BROKER] && celer_config_replace(&cfg->broker_url, cl->value[OPT_BROKER])) ||
       (cl->given[OPT_NAMESPACE] && celer_config_replace(&cfg->ns, cl->value[OPT_NAMESPACE])))
-    return fail(TC_EXIT_NEGATIVE, "out of memory reading the settings");
+    return tc_fail(TC_EXIT_NEGATIVE, "out of memory reading the settings");
   if (cfg->broker_url == NULL || cfg->broker_url[0] == '\0')
-    return fail(TC_EXIT_USAGE, "the broker URL is empty");
+    return tc_fail(TC_EXIT_USAGE, "the broker URL is empty");
   if (cfg->ns == NULL || strlen(cfg->ns) > CELER_NAMESPACE_MAX || !celer_valid_queue_name(cfg->ns))
-    return fail(TC_EXIT_USAGE,
+    return tc_fail(TC_EXIT_USAGE,
                 "'%s' is not a valid namespace: use 1 to %d characters from A-Z a-z 0-9 _ . -",
                 cfg->ns ? cfg->ns : "", CELER_NAMESPACE_MAX);
   return 0;
@@ -1514,6 +1489,7 @@ static int run(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+  celer_argv_hide_passwords(argc, argv);
   int rc = run(argc, argv);
   if (fflush(stdout) != 0 || ferror(stdout)) {
     fprintf(stderr, PROGRAM ": cannot write to standard output\n");

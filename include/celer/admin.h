@@ -55,4 +55,35 @@ CELER_API int celer_dead_retry(celer_client *c, const char *queue, const char *i
 CELER_API int celer_purge(celer_client *c, const char *queue, unsigned parts,
                           int64_t counts[3]);
 
+/* Longest queue or worker listing one call returns. */
+#define CELER_LIST_MAX 10000
+/* A worker whose last heartbeat is older than this is stale: three missed
+ * heartbeats (workers beat every 5 s). */
+#define CELER_WORKER_STALE_MS 15000
+
+/* Counts of the known queues (<ns>:queues), sorted by name, from offset, at
+ * most limit (0 to CELER_LIST_MAX); queue not NULL reads only that queue
+ * (CELER_ENOTFOUND when it is not known). Each count is O(1) in the
+ * queue's size (see broker/stats.c). On 0 *list (caller owns) is an array
+ * of objects {"queue", "ready" (not yet taken), "active" (taken, not yet
+ * recorded), "scheduled" (delayed and retries), "retrying" (retries among
+ * scheduled), "dead", "processed" (final records written), "succeeded",
+ * "failed" (FAILED or REJECTED), "rejected", "expired", "canceled",
+ * "retried" (retries ever scheduled), "paused" (bool), "rate" (tasks
+ * finished per second over the last minute, a number)}, plus
+ * "retrying_exact": false when the scheduled set was too big to count its
+ * retries exactly. *total (may be NULL) gets how many queues are known. */
+CELER_API int celer_queue_stats(celer_client *c, const char *queue, int64_t offset,
+                                int64_t limit, json_t **list, int64_t *total);
+
+/* The worker registry, sorted by name, from offset, at most limit. On 0
+ * *list (caller owns) is an array of the workers' registry entries (name,
+ * host, pid, queues, concurrency, children, busy, processed, failed,
+ * started_at, last_fetch: see docs/protocol.md) with "last_heartbeat" (ms)
+ * taken from <ns>:workers:seen, "heartbeat_age_ms" and "stale" (bool: the
+ * last heartbeat is older than CELER_WORKER_STALE_MS) added. *total (may
+ * be NULL) gets the registry's size. */
+CELER_API int celer_workers(celer_client *c, int64_t offset, int64_t limit, json_t **list,
+                            int64_t *total);
+
 #endif

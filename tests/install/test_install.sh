@@ -23,9 +23,13 @@ DESTDIR="$TMP/root" cmake --install "$BUILD" --prefix "$PREFIX" >/dev/null
 ROOT="$TMP/root$PREFIX"
 LIBDIR=$(dirname "$(find "$ROOT" -name celer.pc | head -1)")/..
 for f in bin/celer-worker bin/taskctl lib/celer/modules/testing.so include/celer/client.h \
-         include/celer/task.h include/celer/envelope.h; do
+         include/celer/task.h include/celer/envelope.h share/man/man1/taskctl.1 \
+         share/man/man1/celer-worker.1 share/bash-completion/completions/taskctl; do
   [ -e "$ROOT/$f" ] || fail "$f is not installed"
 done
+# The completion script loads in bash and registers itself for taskctl.
+bash -c ". '$ROOT/share/bash-completion/completions/taskctl' && complete -p taskctl" >/dev/null ||
+  fail "the bash completion of taskctl does not load"
 [ -e "$LIBDIR/libceler.so" ] || fail "libceler.so is not installed"
 [ -e "$LIBDIR/libceler.a" ] || fail "libceler.a is not installed"
 [ -e "$LIBDIR/cmake/celer/celer-config.cmake" ] || fail "the CMake package is not installed"

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <jansson.h>
@@ -221,6 +222,15 @@ static int group_teardown(void **state) {
   fixture *f = *state;
   if (f == NULL) return 0;
   if (f->worker > 0) harness_stop(f->worker, SIGTERM, HARNESS_DEADLINE_MS);
+  /* A tmux server left by a failed top test (it ends with its session). */
+  char sock[PATH_MAX + 16];
+  snprintf(sock, sizeof sock, "%s/tmux.sock", f->dir);
+  if (f->dir[0] && access(sock, F_OK) == 0) {
+    const char *kill_server[] = {"tmux", "-S", sock, "kill-server", NULL};
+    pid_t pid = harness_spawn(kill_server, NULL, "/dev/null", "/dev/null");
+    if (pid > 0 && harness_wait(pid, HARNESS_DEADLINE_MS) == -1)
+      harness_stop(pid, SIGKILL, HARNESS_DEADLINE_MS);
+  }
   harness_redis_stop(&f->redis);
   if (f->dir[0]) harness_rmtree(f->dir);
   free(f);
@@ -1104,6 +1114,491 @@ static void test_purge(void **state) {
   outcome_free(&o);
 }
 
+/* ------------------------------------------------------------------ */
+/* queues, stats, workers, top                                          */
+
+/* A queue no worker serves, for exact counts. */
+#define TC_VIEW_QUEUE "view-q"
+/* How long a poll for a worker's state may take; each round is short. */
+#define TC_POLL_MS 30000
+/* Between two polls: long enough not to hammer the broker. */
+#define TC_POLL_PAUSE_NS (50 * 1000 * 1000L)
+
+static void pause_briefly(void) {
+  struct timespec ts = {0, TC_POLL_PAUSE_NS};
+  nanosleep(&ts, NULL);
+}
+
+static long long mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* `--json queues --queue q` as one object (caller decrefs). */
+static json_t *queue_row(const fixture *f, const char *queue) {
+  outcome o;
+  tc(&o, f->redis.url, "--json", "queues", "--queue", queue, NULL);
+  expect_code(&o, 0);
+  json_t *list = stdout_json(&o);
+  outcome_free(&o);
+  assert_true(json_is_array(list));
+  assert_int_equal(json_array_size(list), 1);
+  json_t *row = json_incref(json_array_get(list, 0));
+  json_decref(list);
+  assert_string_equal(str_field(row, "queue"), queue);
+  return row;
+}
+
+static void test_view_help(void **state) {
+  (void)state;
+  static const struct {
+    const char *name, *usage;
+  } views[] = {
+      {"queues", "queues [--queue Q] [--limit N] [--offset N]"},
+      {"stats", "stats\n"},
+      {"workers", "workers [--limit N] [--offset N]"},
+      {"top", "top [--interval SEC] [--iterations N]"},
+  };
+  outcome o;
+  tc(&o, NULL, "--help", NULL);
+  expect_code(&o, 0);
+  for (size_t i = 0; i < sizeof views / sizeof views[0]; i++) {
+    char listed[32];
+    snprintf(listed, sizeof listed, "\n  %-9s ", views[i].name);
+    expect_contains(o.out, listed);
+  }
+  outcome_free(&o);
+  for (size_t i = 0; i < sizeof views / sizeof views[0]; i++) {
+    char usage[128], example[64];
+    snprintf(usage, sizeof usage, "Usage: taskctl [global options] %s", views[i].usage);
+    snprintf(example, sizeof example, "Example:\n  taskctl ");
+    tc(&o, NULL, views[i].name, "--help", NULL);
+    expect_code(&o, 0);
+    expect_contains(o.out, usage);
+    expect_contains(o.out, "JSON: ");
+    expect_contains(o.out, example);
+    expect_contains(o.out, views[i].name);
+    assert_string_equal(o.err, "");
+    outcome_free(&o);
+  }
+}
+
+/* Usage errors of the views are found before connecting; an unreachable
+ * broker is exit 3 for each of them. */
+static void test_view_errors(void **state) {
+  fixture *f = *state;
+  static const struct {
+    const char *argv[6];
+    const char *says;
+  } cases[] = {
+      {{"queues", "--limit", "many"}, "--limit must be a whole number from 0 to 10000"},
+      {{"queues", "--offset", "-2"}, "--offset must be a whole number"},
+      {{"queues", "--queue", "bad queue"}, "not a valid queue name"},
+      {{"queues", "extra"}, "unexpected argument 'extra'"},
+      {{"stats", "--limit", "3"}, "stats has no option '--limit'"},
+      {{"workers", "--limit", "10001"}, "--limit must be a whole number from 0 to 10000"},
+      {{"top", "--interval", "0.01"}, "--interval must be at least 0.1 seconds"},
+      {{"top", "--interval", "soon"}, "--interval must be a number of seconds"},
+      {{"top", "--iterations", "0"}, "--iterations must be at least 1"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    const char *const *a = cases[i].argv;
+    outcome o;
+    tc(&o, f->dead_tcp_url, a[0], a[1], a[2], a[3], a[4], a[5], NULL);
+    if (o.code != 2) print_message("case %zu: expected exit 2 saying '%s'\n", i, cases[i].says);
+    expect_failure(&o, 2, cases[i].says);
+    outcome_free(&o);
+  }
+  static const char *const views[][3] = {
+      {"queues", NULL, NULL}, {"stats", NULL, NULL}, {"workers", NULL, NULL},
+      {"top", "--iterations", "1"}};
+  for (size_t i = 0; i < sizeof views / sizeof views[0]; i++) {
+    for (int json = 0; json < 2; json++) {
+      outcome o;
+      if (json) tc(&o, f->dead_tcp_url, "--json", views[i][0], views[i][1], views[i][2], NULL);
+      else tc(&o, f->dead_tcp_url, views[i][0], views[i][1], views[i][2], NULL);
+      expect_failure(&o, 3, "cannot reach the broker");
+      outcome_free(&o);
+    }
+  }
+  outcome o;
+  tc(&o, f->redis.url, "queues", "--queue", "never-used", NULL);
+  expect_failure(&o, 1, "queue never-used is not known");
+  outcome_free(&o);
+  tc(&o, f->redis.url, "--json", "queues", "--queue", "never-used", NULL);
+  expect_failure(&o, 1, "queue never-used is not known");
+  outcome_free(&o);
+}
+
+/* Exact counts on a queue no worker serves: ready, scheduled, retrying
+ * (a scheduled envelope with attempt > 0), paused; then the text table. */
+static void test_queues_counts(void **state) {
+  fixture *f = *state;
+  outcome o;
+  for (int i = 0; i < 3; i++) {
+    tc(&o, f->redis.url, "enqueue", "test.echo", "--queue", TC_VIEW_QUEUE, "--args", "[1]",
+       NULL);
+    expect_code(&o, 0);
+    outcome_free(&o);
+  }
+  for (int i = 0; i < 2; i++) {
+    tc(&o, f->redis.url, "enqueue", "test.noop", "--queue", TC_VIEW_QUEUE, "--countdown", "600",
+       NULL);
+    expect_code(&o, 0);
+    outcome_free(&o);
+  }
+  /* A retry waiting for its time, as a worker writes it: attempt 1 and the
+   * error history, whose own "attempt" fields must not be counted. */
+  const char *zadd[] = {"ZADD", "celer:{" TC_VIEW_QUEUE "}:scheduled", "9999999999999",
+                        "{\"id\":\"retry-1\",\"task\":\"test.fail\",\"queue\":\"" TC_VIEW_QUEUE
+                        "\",\"errors\":[{\"attempt\":0,\"type\":\"E\",\"message\":\"m\",\"at\":1}],"
+                        "\"attempt\":1}",
+                        NULL};
+  assert_int_equal(harness_cli(&f->redis, zadd, NULL), 0);
+  tc(&o, f->redis.url, "pause", TC_VIEW_QUEUE, NULL);
+  expect_code(&o, 0);
+  outcome_free(&o);
+
+  json_t *row = queue_row(f, TC_VIEW_QUEUE);
+  assert_int_equal(int_field(row, "ready"), 3);
+  assert_int_equal(int_field(row, "active"), 0);
+  assert_int_equal(int_field(row, "scheduled"), 3);
+  assert_int_equal(int_field(row, "retrying"), 1);
+  assert_int_equal(int_field(row, "dead"), 0);
+  assert_int_equal(int_field(row, "processed"), 0);
+  assert_int_equal(int_field(row, "failed"), 0);
+  assert_true(json_is_true(json_object_get(row, "paused")));
+  assert_true(json_is_number(json_object_get(row, "rate")));
+  assert_null(json_object_get(row, "retrying_exact"));
+  json_decref(row);
+
+  /* Text: a header, the row aligned under it, the footer. No colour in a
+   * pipe. */
+  tc(&o, f->redis.url, "queues", "--queue", TC_VIEW_QUEUE, NULL);
+  expect_code(&o, 0);
+  expect_contains(o.out,
+                  "QUEUE   READY  ACTIVE  SCHEDULED  RETRYING  DEAD  PROCESSED  FAILED  RATE/S  "
+                  "PAUSED\n" TC_VIEW_QUEUE "      3       0          3         1     0          0"
+                  "       0       0  paused\n1 of 1 queue\n");
+  assert_null(strchr(o.out, '\033'));
+  assert_string_equal(o.err, "");
+  outcome_free(&o);
+
+  tc(&o, f->redis.url, "resume", TC_VIEW_QUEUE, NULL);
+  expect_code(&o, 0);
+  outcome_free(&o);
+  row = queue_row(f, TC_VIEW_QUEUE);
+  assert_true(json_is_false(json_object_get(row, "paused")));
+  json_decref(row);
+}
+
+/* Every known queue, by name, paged. */
+static void test_queues_paging(void **state) {
+  fixture *f = *state;
+  outcome o;
+  tc(&o, f->redis.url, "--json", "queues", NULL);
+  expect_code(&o, 0);
+  json_t *all = stdout_json(&o);
+  outcome_free(&o);
+  size_t n = json_array_size(all);
+  assert_true(n >= 3); /* default, extra, view-q at least */
+  for (size_t i = 1; i < n; i++)
+    assert_true(strcmp(str_field(json_array_get(all, i - 1), "queue"),
+                       str_field(json_array_get(all, i), "queue")) < 0);
+  tc(&o, f->redis.url, "--json", "queues", "--limit", "1", "--offset", "1", NULL);
+  expect_code(&o, 0);
+  json_t *page = stdout_json(&o);
+  outcome_free(&o);
+  assert_int_equal(json_array_size(page), 1);
+  assert_string_equal(str_field(json_array_get(page, 0), "queue"),
+                      str_field(json_array_get(all, 1), "queue"));
+  json_decref(page);
+  char footer[64];
+  snprintf(footer, sizeof footer, "\n1 of %zu queues, after the first 1\n", n);
+  tc(&o, f->redis.url, "queues", "--limit", "1", "--offset", "1", NULL);
+  expect_code(&o, 0);
+  expect_contains(o.out, footer);
+  outcome_free(&o);
+  tc(&o, f->redis.url, "queues", "--limit", "0", NULL);
+  expect_code(&o, 0);
+  snprintf(footer, sizeof footer, "0 of %zu queues\n", n);
+  assert_string_equal(o.out, footer);
+  outcome_free(&o);
+  json_decref(all);
+}
+
+/* Tasks the worker finished show in processed, failed and the rate; a
+ * running task shows as active, and in its worker's busy count. */
+static void test_processed_rate_active(void **state) {
+  fixture *f = *state;
+  outcome o;
+  json_t *before = queue_row(f, TC_EXTRA_QUEUE);
+  json_int_t processed = int_field(before, "processed"), failed = int_field(before, "failed");
+  json_decref(before);
+  for (int i = 0; i < 3; i++) {
+    tc(&o, f->redis.url, "enqueue", "test.noop", "--queue", TC_EXTRA_QUEUE, "--wait",
+       TC_WAIT_ARG, NULL);
+    expect_code(&o, 0);
+    outcome_free(&o);
+  }
+  tc(&o, f->redis.url, "enqueue", "test.fail", "--queue", TC_EXTRA_QUEUE, "--max-retries", "0",
+     "--wait", TC_WAIT_ARG, NULL);
+  expect_code(&o, 1);
+  outcome_free(&o);
+  json_t *row = queue_row(f, TC_EXTRA_QUEUE);
+  assert_int_equal(int_field(row, "processed"), processed + 4);
+  assert_int_equal(int_field(row, "failed"), failed + 1);
+  assert_true(int_field(row, "dead") >= 1);
+  assert_true(json_number_value(json_object_get(row, "rate")) > 0);
+  json_decref(row);
+
+  tc(&o, f->redis.url, "--json", "stats", NULL);
+  expect_code(&o, 0);
+  json_t *st = stdout_json(&o);
+  outcome_free(&o);
+  assert_true(int_field(st, "processed") >= processed + 4);
+  assert_true(json_number_value(json_object_get(st, "rate")) > 0);
+  assert_true(json_is_number(json_object_get(json_object_get(st, "rates"), TC_EXTRA_QUEUE)));
+  assert_true(int_field(json_object_get(st, "workers"), "live") >= 1);
+  json_decref(st);
+  tc(&o, f->redis.url, "stats", NULL);
+  expect_code(&o, 0);
+  expect_contains(o.out, "\nworkers     1 live, 0 stale; ");
+  expect_contains(o.out, "\nrate        ");
+  expect_contains(o.out, " tasks/s over the last minute\n");
+  expect_contains(o.out, "  " TC_EXTRA_QUEUE ": ");
+  outcome_free(&o);
+
+  /* A task that runs for a while is active, and its worker busy. */
+  char id[CELER_ID_MAX + 1];
+  tc(&o, f->redis.url, "enqueue", "test.sleep", "--queue", TC_EXTRA_QUEUE, "--kwargs",
+     "{\"seconds\": 7}", NULL);
+  expect_code(&o, 0);
+  take_id_line(&o, id);
+  outcome_free(&o);
+  bool active = false, busy = false;
+  for (long long end = mono_ms() + TC_POLL_MS; !(active && busy) && mono_ms() < end;) {
+    if (!active) {
+      row = queue_row(f, TC_EXTRA_QUEUE);
+      active = int_field(row, "active") == 1;
+      json_decref(row);
+    }
+    if (!busy) {
+      tc(&o, f->redis.url, "--json", "workers", NULL);
+      expect_code(&o, 0);
+      json_t *list = stdout_json(&o);
+      outcome_free(&o);
+      busy = json_array_size(list) >= 1 && int_field(json_array_get(list, 0), "busy") >= 1;
+      json_decref(list);
+    }
+    if (!(active && busy)) pause_briefly();
+  }
+  assert_true(active);
+  assert_true(busy);
+  tc(&o, f->redis.url, "result", id, "--queue", TC_EXTRA_QUEUE, "--wait", TC_WAIT_ARG, NULL);
+  expect_code(&o, 0);
+  outcome_free(&o);
+}
+
+/* The registry: the live worker with its fields, and a worker whose
+ * heartbeat is old marked stale. */
+static void test_workers(void **state) {
+  fixture *f = *state;
+  char old[32], entry[256];
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  long long seen = (long long)now.tv_sec * 1000 - 60000;
+  snprintf(old, sizeof old, "%lld", seen);
+  snprintf(entry, sizeof entry,
+           "{\"name\":\"zz-ghost\",\"host\":\"gone\",\"pid\":4242,\"queues\":[\"default\"],"
+           "\"concurrency\":4,\"busy\":0,\"processed\":1234567,\"failed\":0,"
+           "\"started_at\":%lld,\"last_heartbeat\":%lld}",
+           seen - 3600000, seen);
+  const char *hset[] = {"HSET", "celer:workers", "zz-ghost", entry, NULL};
+  const char *zadd[] = {"ZADD", "celer:workers:seen", old, "zz-ghost", NULL};
+  assert_int_equal(harness_cli(&f->redis, hset, NULL), 0);
+  assert_int_equal(harness_cli(&f->redis, zadd, NULL), 0);
+
+  outcome o;
+  tc(&o, f->redis.url, "--json", "workers", NULL);
+  expect_code(&o, 0);
+  json_t *list = stdout_json(&o);
+  outcome_free(&o);
+  assert_int_equal(json_array_size(list), 2);
+  json_t *live = json_array_get(list, 0), *ghost = json_array_get(list, 1);
+  assert_string_equal(str_field(ghost, "name"), "zz-ghost");
+  assert_true(json_is_true(json_object_get(ghost, "stale")));
+  assert_int_equal(int_field(ghost, "last_heartbeat"), seen);
+  assert_true(int_field(ghost, "heartbeat_age_ms") >= 60000);
+  assert_true(json_is_false(json_object_get(live, "stale")));
+  assert_true(int_field(live, "pid") == f->worker);
+  assert_true(int_field(live, "concurrency") >= 1);
+  assert_true(int_field(live, "heartbeat_age_ms") <= 15000);
+  json_t *queues = json_object_get(live, "queues");
+  assert_int_equal(json_array_size(queues), 2);
+  assert_string_equal(json_string_value(json_array_get(queues, 1)), TC_EXTRA_QUEUE);
+  json_decref(list);
+
+  tc(&o, f->redis.url, "workers", NULL);
+  expect_code(&o, 0);
+  expect_contains(o.out, "NAME ");
+  expect_contains(o.out, " HEARTBEAT ");
+  expect_contains(o.out, "  default," TC_EXTRA_QUEUE "  ");
+  expect_contains(o.out, "\nzz-ghost ");
+  expect_contains(o.out, "  1,234,567  ");
+  expect_contains(o.out, "  1m "); /* its heartbeat, a minute ago */
+  expect_contains(o.out, " ago  stale\n");
+  expect_contains(o.out, "  live\n");
+  expect_contains(o.out, "\n2 of 2 workers, 1 of them stale\n");
+  outcome_free(&o);
+  tc(&o, f->redis.url, "--json", "workers", "--offset", "1", NULL);
+  expect_code(&o, 0);
+  list = stdout_json(&o);
+  assert_int_equal(json_array_size(list), 1);
+  assert_string_equal(str_field(json_array_get(list, 0), "name"), "zz-ghost");
+  json_decref(list);
+  outcome_free(&o);
+  tc(&o, f->redis.url, "--json", "stats", NULL);
+  expect_code(&o, 0);
+  list = stdout_json(&o);
+  assert_int_equal(int_field(json_object_get(list, "workers"), "stale"), 1);
+  json_decref(list);
+  outcome_free(&o);
+
+  const char *hdel[] = {"HDEL", "celer:workers", "zz-ghost", NULL};
+  const char *zrem[] = {"ZREM", "celer:workers:seen", "zz-ghost", NULL};
+  assert_int_equal(harness_cli(&f->redis, hdel, NULL), 0);
+  assert_int_equal(harness_cli(&f->redis, zrem, NULL), 0);
+}
+
+/* top with stdout in a pipe: plain tables, again at every refresh; with
+ * --json one document per line. */
+static void test_top_plain(void **state) {
+  fixture *f = *state;
+  outcome o;
+  tc(&o, f->redis.url, "top", "--iterations", "2", "--interval", "0.1", NULL);
+  expect_code(&o, 0);
+  assert_null(strchr(o.out, '\033'));
+  const char *first = strstr(o.out, "QUEUE "), *second = first ? strstr(first + 1, "QUEUE ") : NULL;
+  assert_non_null(first);
+  assert_non_null(second);
+  assert_null(strstr(second + 1, "QUEUE "));
+  expect_contains(o.out, "\nNAME ");
+  expect_contains(o.out, " UTC  unix://");
+  outcome_free(&o);
+  tc(&o, f->redis.url, "--json", "top", "--iterations", "2", "--interval", "0.1", NULL);
+  expect_code(&o, 0);
+  char *nl = strchr(o.out, '\n');
+  assert_non_null(nl);
+  assert_non_null(strchr(nl + 1, '\n'));
+  *nl = '\0';
+  json_t *a = json_loads(o.out, 0, NULL), *b = json_loads(nl + 1, 0, NULL);
+  assert_non_null(a);
+  assert_non_null(b);
+  assert_true(json_is_array(json_object_get(a, "queues")));
+  assert_true(json_is_array(json_object_get(b, "workers")));
+  assert_true(json_is_integer(json_object_get(b, "at")));
+  json_decref(a);
+  json_decref(b);
+  outcome_free(&o);
+}
+
+/* Colour only on a terminal, never with NO_COLOR set: `script` gives
+ * taskctl a pseudo-terminal and copies what it wrote. */
+static void test_color_rules(void **state) {
+  fixture *f = *state;
+  char cmd[2 * PATH_MAX];
+  snprintf(cmd, sizeof cmd, "'%s' --broker '%s' queues", harness_bin("taskctl"), f->redis.url);
+  const char *argv[] = {"script", "-qec", cmd, "/dev/null", NULL};
+  const char *color_env[] = {"NO_COLOR=", "TERM=xterm", NULL};
+  const char *plain_env[] = {"NO_COLOR=1", "TERM=xterm", NULL};
+  char *out = NULL, *err = NULL;
+  assert_int_equal(harness_run(argv, color_env, NULL, 0, &out, &err, HARNESS_DEADLINE_MS), 0);
+  expect_contains(out, "\033[1mQUEUE\033[0m");
+  expect_contains(out, "\033[2m-\033[0m"); /* not paused: dim */
+  free(out);
+  free(err);
+  assert_int_equal(harness_run(argv, plain_env, NULL, 0, &out, &err, HARNESS_DEADLINE_MS), 0);
+  expect_contains(out, "QUEUE");
+  assert_null(strchr(out, '\033'));
+  free(out);
+  free(err);
+}
+
+/* Runs tmux on the test's own server socket; returns its exit code and
+ * its stdout in *out (caller frees) when out is not NULL. Output goes
+ * through a file: the tmux server a new session starts keeps the
+ * descriptors it inherited, so a pipe would never reach end of file. */
+static int tmux(const fixture *f, const char *const *args, char **out) {
+  char sock[PATH_MAX + 16], out_path[PATH_MAX + 16];
+  snprintf(sock, sizeof sock, "%s/tmux.sock", f->dir);
+  snprintf(out_path, sizeof out_path, "%s/tmux.out", f->dir);
+  const char *argv[16] = {"tmux", "-S", sock, "-f", "/dev/null"};
+  int n = 5;
+  for (; *args && n < 15; args++) argv[n++] = *args;
+  argv[n] = NULL;
+  pid_t pid = harness_spawn(argv, NULL, out_path, "/dev/null");
+  assert_true(pid > 0);
+  int status = harness_wait(pid, HARNESS_DEADLINE_MS);
+  if (status == -1) harness_stop(pid, SIGKILL, HARNESS_DEADLINE_MS);
+  if (out) {
+    FILE *fp = fopen(out_path, "r");
+    assert_non_null(fp);
+    char *text = calloc(1, 65536);
+    assert_non_null(text);
+    size_t got = fread(text, 1, 65535, fp);
+    text[got] = '\0';
+    fclose(fp);
+    *out = text;
+  }
+  return status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* top in a real terminal: a full screen with both tables, q quits with 0. */
+static void test_top_tmux(void **state) {
+  fixture *f = *state;
+  char cmd[3 * PATH_MAX], rc_path[PATH_MAX + 16];
+  snprintf(rc_path, sizeof rc_path, "%s/top.rc", f->dir);
+  snprintf(cmd, sizeof cmd, "'%s' --broker '%s' top; echo $? > '%s'", harness_bin("taskctl"),
+           f->redis.url, rc_path);
+  const char *start[] = {"new-session", "-d", "-x", "150", "-y", "40", "-s", "top", cmd, NULL};
+  assert_int_equal(tmux(f, start, NULL), 0);
+  char *screen = NULL;
+  bool drawn = false;
+  for (long long end = mono_ms() + TC_POLL_MS; !drawn && mono_ms() < end;) {
+    const char *capture[] = {"capture-pane", "-p", "-t", "top", NULL};
+    free(screen);
+    screen = NULL;
+    if (tmux(f, capture, &screen) == 0 && screen && strstr(screen, "celer top: q quits") &&
+        strstr(screen, "QUEUE ") && strstr(screen, "NAME "))
+      drawn = true;
+    else
+      pause_briefly();
+  }
+  if (!drawn) print_message("screen: %s\n", screen ? screen : "(none)");
+  assert_true(drawn);
+  expect_contains(screen, "\ndefault ");
+  expect_contains(screen, " live");
+  free(screen);
+  const char *quit[] = {"send-keys", "-t", "top", "q", NULL};
+  assert_int_equal(tmux(f, quit, NULL), 0);
+  /* The session ends when top exits; its status lands in the file. */
+  bool gone = false;
+  for (long long end = mono_ms() + TC_POLL_MS; !gone && mono_ms() < end;) {
+    const char *has[] = {"has-session", "-t", "top", NULL};
+    gone = tmux(f, has, NULL) != 0;
+    if (!gone) pause_briefly();
+  }
+  assert_true(gone);
+  FILE *fp = fopen(rc_path, "r");
+  assert_non_null(fp);
+  int code = -1;
+  assert_int_equal(fscanf(fp, "%d", &code), 1);
+  fclose(fp);
+  assert_int_equal(code, 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_help),
@@ -1124,6 +1619,15 @@ int main(void) {
       cmocka_unit_test(test_cancel),
       cmocka_unit_test(test_dead_and_retry),
       cmocka_unit_test(test_purge),
+      cmocka_unit_test(test_view_help),
+      cmocka_unit_test(test_view_errors),
+      cmocka_unit_test(test_queues_counts),
+      cmocka_unit_test(test_queues_paging),
+      cmocka_unit_test(test_processed_rate_active),
+      cmocka_unit_test(test_workers),
+      cmocka_unit_test(test_top_plain),
+      cmocka_unit_test(test_color_rules),
+      cmocka_unit_test(test_top_tmux),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
