@@ -77,16 +77,61 @@ static char *dead_entry(const broker_entry *e, const char *record, size_t *len) 
   return out;
 }
 
+void run_result_clear(run_result *res) {
+  json_decref(res->result);
+  res->result = NULL;
+  followups_free(res->followups, res->nfollowups);
+  res->followups = NULL;
+  res->nfollowups = 0;
+}
+
+void outcome_completion_free(broker_completion *c) {
+  free((char *)c->record);
+  free((char *)c->dead_entry);
+  followups_free((broker_push *)c->followups, c->nfollowups);
+  c->record = c->dead_entry = NULL;
+  c->followups = NULL;
+  c->nfollowups = 0;
+}
+
+/* A copy of the follow-ups of a successful run, for a completion that may
+ * outlive the run (batched). Returns 0 or CELER_ENOMEM; *out NULL when
+ * there are none. */
+static int copy_followups(const run_result *res, broker_push **out) {
+  *out = NULL;
+  if (res->state != CELER_SUCCEEDED || res->nfollowups == 0) return 0;
+  broker_push *f = calloc(res->nfollowups, sizeof *f);
+  if (f == NULL) return CELER_ENOMEM;
+  for (size_t i = 0; i < res->nfollowups; i++) {
+    const broker_push *from = &res->followups[i];
+    char *q = strdup(from->queue), *body = malloc(from->len + 1);
+    f[i] = (broker_push){.queue = q, .envelope = body, .len = from->len, .eta_ms = from->eta_ms};
+    if (q == NULL || body == NULL) {
+      followups_free(f, i + 1);
+      return CELER_ENOMEM;
+    }
+    memcpy(body, from->envelope, from->len + 1);
+  }
+  *out = f;
+  return 0;
+}
+
 int outcome_prepare(const outcome_sink *s, const broker_entry *e, const char *queue,
                     const char *id, const celer_envelope *env, const run_result *res,
                     broker_completion *c) {
   char *json = NULL, *dead = NULL;
   size_t len = 0, dead_len = 0;
+  broker_push *followups = NULL;
   int rc = outcome_encode(s, e, queue, id, env, res, &json, &len);
   if (rc != 0) return rc;
+  if (copy_followups(res, &followups) != 0) {
+    free(json);
+    return CELER_ENOMEM;
+  }
   if (res->state == CELER_FAILED || res->state == CELER_REJECTED) {
     if ((dead = dead_entry(e, json, &dead_len)) == NULL) {
       free(json);
+      followups_free(followups, followups ? res->nfollowups : 0);
       return CELER_ENOMEM;
     }
   }
@@ -98,7 +143,9 @@ int outcome_prepare(const outcome_sink *s, const broker_entry *e, const char *qu
                            .record_len = len,
                            .ttl_ms = s->result_ttl_ms,
                            .dead_entry = dead,
-                           .dead_len = dead_len};
+                           .dead_len = dead_len,
+                           .followups = followups,
+                           .nfollowups = followups ? res->nfollowups : 0};
   return 0;
 }
 
@@ -109,8 +156,7 @@ int outcome_complete(const outcome_sink *s, const broker_entry *e, const char *q
   int rc = outcome_prepare(s, e, queue, id, env, res, &c);
   if (rc != 0) return rc;
   rc = broker_complete(s->conn, &c, 1, outcome);
-  free((char *)c.record);
-  free((char *)c.dead_entry);
+  outcome_completion_free(&c);
   return rc;
 }
 
@@ -129,6 +175,9 @@ int64_t outcome_backoff(const worker_backoff *b, int64_t attempt) {
 static char *next_attempt(const broker_entry *e, int64_t attempt, int64_t enqueued_at,
                           const run_result *res, size_t *len) {
   json_t *doc = json_loadb(e->payload, e->payload_len, 0, NULL);
+  /* A signed task keeps its producer's token; the count goes beside it. */
+  if (doc == NULL && verify_is_token(e->payload, e->payload_len))
+    doc = json_pack("{ss%}", VERIFY_WRAPPER_FIELD, e->payload, e->payload_len);
   json_t *errors = json_object_get(doc, "errors");
   if (!json_is_array(errors)) {
     errors = json_array();

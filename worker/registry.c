@@ -59,6 +59,13 @@ int celer_register(celer_registry *reg, const celer_task_def *def) {
                 "backoff factor over %.0f", mod, def->name, WORKER_BACKOFF_FACTOR_MAX);
     return -1;
   }
+  if (def->queue && (strlen(def->queue) > CELER_QUEUE_NAME_MAX ||
+                     !celer_valid_queue_name(def->queue))) {
+    celer_error("module %s: task %s names queue '%.*s', not 1 to %d characters from "
+                "[A-Za-z0-9_.-]", mod, def->name, CELER_QUEUE_NAME_MAX, def->queue,
+                CELER_QUEUE_NAME_MAX);
+    return -1;
+  }
   const worker_task *dup = registry_find(reg, def->name);
   if (dup) {
     celer_error("module %s: task %s is already registered by module %s", mod, def->name,
@@ -92,5 +99,6 @@ int celer_register(celer_registry *reg, const celer_task_def *def) {
   t->backoff.cap_ms = def->backoff_cap_ms ? def->backoff_cap_ms : WORKER_BACKOFF_CAP_MS;
   t->backoff.jitter = !def->no_jitter;
   t->module = mod;
+  if (def->queue) strcpy(t->queue, def->queue);
   return 0;
 }

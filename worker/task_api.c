@@ -1,7 +1,9 @@
 /* The functions a task handler calls (include/celer/task.h): what the run
  * is, how it fails, and typed readers for its arguments. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include "client/sign.h"
 #include "common/common.h"
 #include "worker/worker.h"
 
@@ -140,4 +142,139 @@ int celer_arg_number_opt(celer_task_ctx *ctx, const json_t *obj, const char *key
 }
 int celer_arg_bool_opt(celer_task_ctx *ctx, const json_t *obj, const char *key, int *out) {
   return read_bool(ctx, obj, key, out, true);
+}
+
+/* ---- follow-ups ---- */
+
+void followups_free(broker_push *f, size_t n) {
+  for (size_t i = 0; f && i < n; i++) {
+    free((char *)f[i].queue);
+    free((char *)f[i].envelope);
+  }
+  free(f);
+}
+
+void task_ctx_finish(celer_task_ctx *ctx, run_result *res, bool succeeded) {
+  if (succeeded && ctx->nfollowups > 0) {
+    res->followups = ctx->followups;
+    res->nfollowups = ctx->nfollowups;
+  } else {
+    followups_free(ctx->followups, ctx->nfollowups);
+  }
+  ctx->followups = NULL;
+  ctx->nfollowups = ctx->followups_bytes = 0;
+}
+
+/* Where a follow-up goes when the caller names no queue: the queue the
+ * target task registered in this worker, else the default queue. */
+static const char *default_queue(const celer_task_ctx *ctx, const char *task) {
+  const worker_task *t = ctx->reg ? registry_find(ctx->reg, task) : NULL;
+  return t && t->queue[0] ? t->queue : CELER_DEFAULT_QUEUE;
+}
+
+/* Fills env (initialised by the caller) for a follow-up; borrowed JSON is
+ * copied. Returns 0 or -1 after failing the task. */
+static int followup_envelope(celer_task_ctx *ctx, const char *task, const json_t *args,
+                             const json_t *kwargs, const celer_followup_options *o,
+                             celer_envelope *env) {
+  const char *queue = o->queue ? o->queue : default_queue(ctx, task);
+  if (strlen(task) > CELER_TASK_NAME_MAX || strlen(queue) > CELER_QUEUE_NAME_MAX ||
+      (o->id && strlen(o->id) > CELER_ID_MAX))
+    return celer_task_fail(ctx, "FollowupError",
+                           "follow-up %.*s: task name, queue or id is too long", 64, task);
+  if (o->countdown_ms < 0 || o->eta_ms < 0 || o->expires_ms < 0 || o->timeout_ms < 0 ||
+      o->max_retries < -1 || (o->countdown_ms > 0 && o->eta_ms > 0))
+    return celer_task_fail(ctx, "FollowupError",
+                           "follow-up %s: negative time or retry option, or both countdown "
+                           "and eta", task);
+  strcpy(env->task, task);
+  strcpy(env->queue, queue);
+  if (o->id) {
+    strcpy(env->id, o->id);
+  } else if (celer_uuid4(env->id) != 0) {
+    return celer_task_fail(ctx, "FollowupError", "follow-up %s: no random bytes for its id",
+                           task);
+  }
+  int64_t now = celer_now_ms();
+  env->args = args ? json_deep_copy(args) : json_array();
+  env->kwargs = kwargs ? json_deep_copy(kwargs) : json_object();
+  const json_t *meta = o->meta ? o->meta : ctx->env->meta;
+  env->meta = meta ? json_deep_copy(meta) : NULL;
+  char origin[CELER_TASK_NAME_MAX + CELER_ID_MAX + 2];
+  snprintf(origin, sizeof origin, "%s/%s", ctx->env->task, ctx->env->id);
+  env->origin = strdup(origin);
+  env->eta = o->eta_ms > 0 ? o->eta_ms : o->countdown_ms > 0 ? now + o->countdown_ms : 0;
+  env->expires = o->expires_ms;
+  env->timeout_ms = o->timeout_ms;
+  env->max_retries = o->max_retries > 0 ? o->max_retries : o->max_retries == -1 ? 0 : -1;
+  env->enqueued_at = now;
+  if (env->args == NULL || env->kwargs == NULL || (meta && env->meta == NULL) ||
+      env->origin == NULL)
+    return celer_task_fail(ctx, "MemoryError", "follow-up %s: out of memory", task);
+  return 0;
+}
+
+int celer_task_enqueue(celer_task_ctx *ctx, const char *task, const json_t *args,
+                       const json_t *kwargs, const celer_followup_options *opts,
+                       char *id_out) {
+  celer_followup_options none;
+  memset(&none, 0, sizeof none);
+  const celer_followup_options *o = opts ? opts : &none;
+  if (task == NULL) return celer_task_fail(ctx, "FollowupError", "follow-up: no task name");
+  if (ctx->nfollowups >= CELER_FOLLOWUPS_MAX)
+    return celer_task_fail(ctx, "FollowupError", "follow-up %s: more than %d in one run", task,
+                           CELER_FOLLOWUPS_MAX);
+  celer_envelope env;
+  celer_envelope_init(&env);
+  int rc = followup_envelope(ctx, task, args, kwargs, o, &env);
+  char *text = NULL;
+  size_t len = 0;
+  celer_envelope_error err;
+  memset(&err, 0, sizeof err);
+  if (rc == 0) {
+    int erc = celer_envelope_encode(&env, ctx->max_payload, &text, &len, &err);
+    if (erc != 0) {
+      char msg[sizeof err.field + sizeof err.message + 4];
+      celer_envelope_error_format(&err, msg, sizeof msg);
+      rc = celer_task_fail(ctx, "FollowupError", "follow-up %s: %s", task, msg);
+    }
+  }
+  if (rc == 0 && ctx->signer) {
+    /* Signed like a producer's task, so a keyring that requires
+     * signatures runs it; it is checked against the policy as well. */
+    char *token = NULL, serr[CELER_ERRSTR_LEN];
+    size_t token_len = 0;
+    if (client_sign(ctx->signer, text, len, env.id, env.eta, ctx->max_payload, &token,
+                    &token_len, serr, sizeof serr) != 0) {
+      rc = celer_task_fail(ctx, "FollowupError", "follow-up %s: cannot sign it: %s", task, serr);
+    } else {
+      free(text);
+      text = token;
+      len = token_len;
+    }
+  }
+  if (rc == 0 && ctx->followups_bytes + len > CELER_FOLLOWUPS_BYTES_MAX) {
+    rc = celer_task_fail(ctx, "FollowupError", "follow-up %s: over %d bytes of follow-ups in "
+                         "one run", task, CELER_FOLLOWUPS_BYTES_MAX);
+  }
+  broker_push *grown = NULL;
+  char *queue = NULL;
+  if (rc == 0) {
+    grown = realloc(ctx->followups, (ctx->nfollowups + 1) * sizeof *grown);
+    queue = strdup(env.queue);
+    if (grown) ctx->followups = grown;
+    if (grown == NULL || queue == NULL)
+      rc = celer_task_fail(ctx, "MemoryError", "follow-up %s: out of memory", task);
+  }
+  if (rc == 0) {
+    ctx->followups[ctx->nfollowups++] =
+        (broker_push){.queue = queue, .envelope = text, .len = len, .eta_ms = env.eta};
+    ctx->followups_bytes += len;
+    if (id_out) strcpy(id_out, env.id);
+  } else {
+    free(queue);
+    free(text);
+  }
+  celer_envelope_clear(&env);
+  return rc;
 }

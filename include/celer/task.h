@@ -23,12 +23,13 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <jansson.h>
+#include "celer/envelope.h"
 
 #define CELER_TASK_API __attribute__((visibility("default")))
 
 /* Bumped whenever celer_module_info, celer_task_def or the functions below
  * change incompatibly. The worker refuses a module built for another ABI. */
-#define CELER_MODULE_ABI 1
+#define CELER_MODULE_ABI 2
 
 typedef struct celer_task_ctx celer_task_ctx;
 typedef struct celer_registry celer_registry;
@@ -56,6 +57,9 @@ typedef struct celer_task_def {
   double backoff_factor;     /* 0 = 2 */
   int64_t backoff_cap_ms;    /* 0 = one hour */
   int no_jitter;             /* 1: exact delays instead of full jitter */
+  const char *queue;         /* where celer_task_enqueue sends this task when
+                                the caller names no queue; NULL = "default";
+                                copied */
 } celer_task_def;
 
 typedef struct celer_module_info {
@@ -97,8 +101,14 @@ CELER_TASK_API int celer_task_retry(celer_task_ctx *ctx, int64_t delay_ms,
                                     const char *type, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-/* Logs a line tagged with the task id and name. level: "debug", "info",
- * "warn" or "error". */
+/* Log levels for celer_task_log. */
+#define CELER_TASK_DEBUG "debug"
+#define CELER_TASK_INFO "info"
+#define CELER_TASK_WARN "warn"
+#define CELER_TASK_ERROR "error"
+
+/* Logs a line tagged with the task id. level: CELER_TASK_DEBUG, _INFO,
+ * _WARN or _ERROR (or the same words as strings; NULL = info). */
 CELER_TASK_API void celer_task_log(celer_task_ctx *ctx, const char *level,
                                    const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -124,5 +134,36 @@ CELER_TASK_API int celer_arg_number_opt(celer_task_ctx *ctx, const json_t *obj,
                                         const char *key, double *out);
 CELER_TASK_API int celer_arg_bool_opt(celer_task_ctx *ctx, const json_t *obj,
                                       const char *key, int *out);
+
+/* Options of a follow-up. Zero (or NULL) fields mean "not set". */
+typedef struct celer_followup_options {
+  const char *queue;       /* NULL: the task's registered queue in this
+                              worker, else "default" */
+  const char *id;          /* NULL: a new UUIDv4 */
+  int64_t countdown_ms;    /* > 0: run no earlier than this long after the call */
+  int64_t eta_ms;          /* > 0: run no earlier than this (ms since epoch) */
+  int64_t expires_ms;      /* > 0: do not start after this (ms since epoch) */
+  int max_retries;         /* > 0 overrides the task default; -1 = never retry */
+  int64_t timeout_ms;      /* > 0: hard time limit for one run */
+  const json_t *meta;      /* borrowed; NULL: the running task's meta */
+} celer_followup_options;
+
+/* Follow-ups: further tasks this run asks for. The envelope is built and
+ * validated now (args an array, kwargs an object, both borrowed, may be
+ * NULL; opts may be NULL) and kept with the run. It is published only if
+ * the handler succeeds, in the same atomic step that records the task's
+ * SUCCEEDED record, and so at most once per task id: a failed or retried
+ * run drops its follow-ups, and a run whose task already had a final
+ * record (a redelivery) publishes none. On 0 the follow-up's id is in
+ * id_out (CELER_ID_MAX + 1 bytes, may be NULL). Returns -1 after failing
+ * the task (celer_task_fail) on an invalid name, option or argument, or
+ * past CELER_FOLLOWUPS_MAX follow-ups or CELER_FOLLOWUPS_BYTES_MAX bytes of
+ * envelopes in one run. */
+#define CELER_FOLLOWUPS_MAX 100
+#define CELER_FOLLOWUPS_BYTES_MAX (4 * 1024 * 1024)
+CELER_TASK_API int celer_task_enqueue(celer_task_ctx *ctx, const char *task,
+                                      const json_t *args, const json_t *kwargs,
+                                      const celer_followup_options *opts,
+                                      char *id_out);
 
 #endif
