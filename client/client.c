@@ -10,6 +10,7 @@
 #include "broker/broker.h"
 #include "celer/client.h"
 #include "client/internal.h"
+#include "client/sign.h"
 #include "common/common.h"
 
 
@@ -101,7 +102,10 @@ celer_client *celer_client_new(const celer_client_options *opts) {
   snprintf(c->ns, sizeof c->ns, "%s", ns);
   if (c->setup_error == 0 && broker_url_parse(url, &c->url, c->errstr, sizeof c->errstr) != 0)
     c->setup_error = CELER_EINVAL;
+  if (c->setup_error == 0)
+    c->setup_error = client_signer_from_env(&c->signer, c->errstr, sizeof c->errstr);
   if (pwfile && (c->password_file = strdup(pwfile)) == NULL) {
+    client_signer_free(c->signer);
     free(c);
     return NULL;
   }
@@ -119,6 +123,7 @@ void celer_client_free(celer_client *c) {
   memset(&c->url, 0, sizeof c->url);
   memset(&c->conn.url, 0, sizeof c->conn.url);
   free(c->password_file);
+  client_signer_free(c->signer);
   free(c);
 }
 
@@ -213,6 +218,16 @@ static int build(celer_client *c, const char *task, const json_t *args,
     char msg[sizeof err.field + sizeof err.message + 4];
     celer_envelope_error_format(&err, msg, sizeof msg);
     client_fail(c, rc, "%s", msg);
+  }
+  if (rc == 0 && c->signer) {
+    /* CONTRACT "Signed tasks": the task field holds the JWS instead. */
+    char *token = NULL;
+    size_t token_len = 0;
+    rc = client_sign(c->signer, *json, *len, env.id, env.eta, c->max_payload, &token,
+                     &token_len, c->errstr, sizeof c->errstr);
+    free(*json);
+    *json = token;
+    *len = token_len;
   }
   if (args == NULL) json_decref(env.args);
   if (kwargs == NULL) json_decref(env.kwargs);

@@ -17,6 +17,7 @@ struct celer_client {
   size_t max_payload;
   int64_t result_ttl_ms;   /* for records the client writes (CANCELED) */
   int setup_error;         /* 0, or why the options were unusable */
+  struct client_signer *signer; /* owned; NULL = tasks go unsigned (client/sign.h) */
   char errstr[CELER_ERRSTR_LEN];
 };
 

@@ -164,7 +164,7 @@ static const setting settings[] = {
  * from the environment only; named in the file they get a pointed hint. */
 static const char *const env_only[] = {
     "CELER_SIGNING_KEY_FILE", "CELER_SIGNING_ALG", "CELER_SIGNING_KID",
-    "CELER_ISSUER",           "CELER_KEYRING_FILE", CONFIG_FILE_VAR,
+    "CELER_ISSUER",           "CELER_SIGNING_TTL",  "CELER_KEYRING_FILE", CONFIG_FILE_VAR,
 };
 #define ENV_ONLY_COUNT (sizeof env_only / sizeof env_only[0])
 
@@ -359,4 +359,41 @@ int celer_config_load(celer_config *cfg, const char *path, char *err, size_t err
     if (rc) return rc;
   }
   return load_env(cfg, err, errlen);
+}
+
+/* Overwrites the password of a URL in place; 1 when there was one. */
+static int scrub_url_password(char *url) {
+  char *p = strstr(url, "://");
+  if (p == NULL) return 0;
+  p += 3;
+  char *at = strrchr(p, '@');
+  char *colon = at ? memchr(p, ':', (size_t)(at - p)) : NULL;
+  if (colon == NULL || colon + 1 == at) return 0;
+  memset(colon + 1, '*', (size_t)(at - colon - 1));
+  return 1;
+}
+
+/* The copies of hidden arguments: they live as long as the process, as
+ * argv does. */
+static char *hidden_copies[CELER_ARGV_HIDDEN_MAX];
+static size_t ncopies;
+
+void celer_argv_hide_passwords(int argc, char **argv) {
+  static const char flag[] = "--broker";
+  for (int i = 1; i < argc && ncopies < CELER_ARGV_HIDDEN_MAX; i++) {
+    int j = i;
+    size_t skip = 0;
+    if (strcmp(argv[i], flag) == 0 && i + 1 < argc) j = ++i;
+    else if (strncmp(argv[i], flag, sizeof flag - 1) == 0 && argv[i][sizeof flag - 1] == '=')
+      skip = sizeof flag;
+    else continue;
+    char *copy = strdup(argv[j]);
+    if (copy == NULL) return;
+    if (!scrub_url_password(argv[j] + skip)) {
+      free(copy);
+      continue;
+    }
+    hidden_copies[ncopies++] = copy;
+    argv[j] = copy;
+  }
 }

@@ -100,7 +100,9 @@ void child_main(const worker_config *cfg, worker_slot *slot, pid_t parent, size_
                         .max_tasks = cfg->max_tasks_per_child,
                         .max_rss_kb = cfg->max_rss_kb,
                         .result_ttl_ms = cfg->result_ttl_ms,
-                        .max_payload = (size_t)cfg->max_payload};
+                        .max_payload = (size_t)cfg->max_payload,
+                        .keyring = cfg->keyring,
+                        .signer = cfg->signer};
   runner r;
   if (runner_init(&r, &conn, &reg, &rcfg, &child_stop, slot) != 0) {
     celer_error("out of memory starting a child");

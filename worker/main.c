@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "broker/broker.h"
+#include "client/sign.h"
 #include "common/common.h"
 #include "worker/worker.h"
 
@@ -41,7 +42,8 @@ static const char usage_text[] =
     "  --queues Q1,Q2            queues in strict priority order, or Q1:6,Q2:1 for\n"
     "                            weighted order (default: default)\n"
     "  --concurrency N           child processes (default: number of CPUs)\n"
-    "  --module NAME|PATH        load a task module (repeatable): testing, or a .so\n"
+    "  --module NAME|PATH        load a task module (repeatable): testing, users,\n"
+    "                            notify, or the path of a .so\n"
     "  --prefetch N              tasks a child takes per fetch, 1..1000 (default 1)\n"
     "  --lease SEC               a taken task not renewed for this long goes back\n"
     "                            to the queue (default 30)\n"
@@ -54,6 +56,8 @@ static const char usage_text[] =
     "  --metrics-addr HOST:PORT  serve /metrics and /healthz (default: off)\n"
     "  --name NAME               worker name in records (default host:pid)\n"
     "  --config FILE             configuration file (CELER_CONFIG)\n"
+    "  --keyring FILE            run only tasks signed by keys in FILE, as its policy\n"
+    "                            allows (CELER_KEYRING_FILE; docs/security.md)\n"
     "  --log-level LEVEL         debug, info, warn or error (CELER_LOG_LEVEL)\n"
     "  --log-format FORMAT       text or json (CELER_LOG_FORMAT)\n"
     "  --log-file PATH           append logs there; SIGHUP reopens it\n"
@@ -66,7 +70,7 @@ static const char usage_text[] =
     "           --queues high:3,default:1 --concurrency 4 --metrics-addr 127.0.0.1:9187\n";
 
 typedef struct worker_options {
-  const char *broker, *ns, *queues, *name, *config, *log_level, *log_format;
+  const char *broker, *ns, *queues, *name, *config, *log_level, *log_format, *keyring;
 } worker_options;
 
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -104,7 +108,7 @@ static int parse_count(const char *flag, const char *arg, int64_t min, int64_t m
 enum {
   OPT_BROKER = 256, OPT_NAMESPACE, OPT_QUEUES, OPT_CONCURRENCY, OPT_MODULE, OPT_PREFETCH,
   OPT_LEASE, OPT_REDELIVERIES, OPT_TIME_LIMIT, OPT_MAX_TASKS, OPT_MAX_MEMORY, OPT_SHUTDOWN,
-  OPT_METRICS, OPT_NAME, OPT_CONFIG, OPT_LOG_LEVEL, OPT_LOG_FORMAT, OPT_LOG_FILE
+  OPT_METRICS, OPT_NAME, OPT_CONFIG, OPT_LOG_LEVEL, OPT_LOG_FORMAT, OPT_LOG_FILE, OPT_KEYRING
 };
 
 static int parse_args(int argc, char **argv, worker_options *o, worker_config *cfg) {
@@ -127,6 +131,7 @@ static int parse_args(int argc, char **argv, worker_options *o, worker_config *c
       {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
       {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
       {"log-file", required_argument, NULL, OPT_LOG_FILE},
+      {"keyring", required_argument, NULL, OPT_KEYRING},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   opterr = 0;
@@ -142,6 +147,7 @@ static int parse_args(int argc, char **argv, worker_options *o, worker_config *c
       case OPT_LOG_LEVEL: o->log_level = optarg; break;
       case OPT_LOG_FORMAT: o->log_format = optarg; break;
       case OPT_LOG_FILE: cfg->log_file = optarg; break;
+      case OPT_KEYRING: o->keyring = optarg; break;
       case OPT_METRICS: cfg->metrics_addr = optarg; break;
       case OPT_MODULE:
         if (cfg->nmodules == sizeof cfg->modules / sizeof cfg->modules[0])
@@ -237,6 +243,28 @@ static int apply_settings(const worker_options *o, celer_config *conf, worker_co
   return 0;
 }
 
+/* The producer's signing variables (CONTRACT "Signed tasks"), when set:
+ * follow-ups that handlers enqueue are signed like any producer's task. */
+static int load_signer(worker_config *cfg) {
+  char err[CELER_ERRSTR_LEN];
+  if (client_signer_from_env(&cfg->signer, err, sizeof err) != 0)
+    return usage_error("%s", err);
+  if (cfg->signer) celer_info("follow-ups are signed (CELER_SIGNING_KEY_FILE)");
+  return 0;
+}
+
+/* Loads the keyring named by --keyring or CELER_KEYRING_FILE, if any. */
+static int load_keyring(const worker_options *o, worker_config *cfg) {
+  const char *path = o->keyring ? o->keyring : getenv("CELER_KEYRING_FILE");
+  if (path == NULL || path[0] == '\0') return 0;
+  char err[CELER_ERRSTR_LEN];
+  if (keyring_load(path, &cfg->keyring, err, sizeof err) != 0) return usage_error("%s", err);
+  celer_info("verifying signed tasks: %zu keys, %zu policy rules, unsigned tasks %s",
+             cfg->keyring->nkeys, cfg->keyring->nrules,
+             cfg->keyring->require_signed ? "refused" : "allowed");
+  return 0;
+}
+
 static int name_worker(const worker_options *o, worker_config *cfg) {
   if (gethostname(cfg->host, sizeof cfg->host) != 0) strcpy(cfg->host, "localhost");
   cfg->host[sizeof cfg->host - 1] = '\0';
@@ -256,6 +284,7 @@ int main(int argc, char **argv) {
   worker_options o;
   memset(&o, 0, sizeof o);
   celer_log_set_program("celer-worker");
+  celer_argv_hide_passwords(argc, argv);
   cfg.prefetch = 1;
   cfg.lease_ms = WORKER_DEFAULT_LEASE_S * 1000;
   cfg.max_redeliveries = WORKER_DEFAULT_MAX_REDELIVERIES;
@@ -275,6 +304,8 @@ int main(int argc, char **argv) {
   if (o.queues && strlen(o.queues) >= sizeof queues_buf) rc = usage_error("--queues is too long");
   snprintf(queues_buf, sizeof queues_buf, "%s", o.queues ? o.queues : CELER_DEFAULT_QUEUE);
   if (rc == 0) rc = apply_settings(&o, &conf, &cfg);
+  if (rc == 0) rc = load_keyring(&o, &cfg);
+  if (rc == 0) rc = load_signer(&cfg);
   if (rc == 0) rc = parse_queues(queues_buf, &cfg);
   if (rc == 0) rc = name_worker(&o, &cfg);
   celer_config_free(&conf);
@@ -287,5 +318,7 @@ int main(int argc, char **argv) {
   }
   if (rc == 0) rc = supervisor_run(&cfg);
   memset(&cfg.url, 0, sizeof cfg.url);
+  keyring_free(cfg.keyring);
+  client_signer_free(cfg.signer);
   return rc;
 }

@@ -196,6 +196,20 @@ static void completions(text *t, const metrics_input *m) {
          "Broker connections re-made by child processes.", reconnects);
 }
 
+/* Tasks refused by the keyring (verify.h), one sample per reason. */
+static void refusals(text *t, const metrics_input *m) {
+#define METRICS_REASON_LABEL(name, label) [name] = label,
+  static const char *const labels[VERIFY_REASON_COUNT] = {VERIFY_REASONS(METRICS_REASON_LABEL)};
+#undef METRICS_REASON_LABEL
+  static const char name[] = "celer_tasks_refused_total";
+  family(t, name, "counter", "Tasks refused by signature, key, validity or policy checks.");
+  for (int r = VERIFY_OK + 1; r < VERIFY_REASON_COUNT; r++) {
+    uint64_t sum = 0;
+    for (size_t i = 0; i < m->nslots; i++) sum += m->counters[i].refused[r];
+    text_printf(t, "%s{reason=\"%s\"} %" PRIu64 "\n", name, labels[r], sum);
+  }
+}
+
 static void worker_info(text *t, const metrics_input *m) {
   family(t, "celer_worker_info", "gauge", "The worker's name, as a label; always 1.");
   text_str(t, "celer_worker_info{worker=\"");
@@ -218,6 +232,7 @@ char *metrics_render(const metrics_input *m, size_t *len) {
   queue_gauge(&t, m, "celer_queue_dead", "Tasks of the queue in its dead set.", m->dead);
   children(&t, m);
   completions(&t, m);
+  refusals(&t, m);
   scalar(&t, "celer_leases_reclaimed_total", "counter",
          "Expired leases taken back from consumers that stopped answering.", m->reclaimed);
   scalar(&t, "celer_tasks_lost_total", "counter",

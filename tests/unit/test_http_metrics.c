@@ -97,6 +97,8 @@ static void fixture_input(metrics_input *m) {
   c[0].duration_sum_s = 1.5;
   c[1].duration_sum_s = 2.25;
   c[2].duration_sum_s = 40;
+  c[0].refused[VERIFY_EXPIRED] = 2; /* summed over slots, by reason */
+  c[2].refused[VERIFY_EXPIRED] = 3;
   c[0].stale = 1;
   c[2].stale = 2;
   c[1].duplicates = 5;
@@ -146,7 +148,7 @@ static double sample_value(const char *body, const char *prefix) {
 
 #define FAMILIES_MAX 64
 /* The families metrics_render writes. */
-#define FAMILIES 19
+#define FAMILIES 20
 
 typedef struct families {
   char name[FAMILIES_MAX][64];
@@ -258,6 +260,9 @@ static void test_metrics_lines(void **state) {
   expect_line(body, "celer_tasks_total{queue=\"default\",state=\"RETRYING\"} 1");
   expect_line(body, "celer_tasks_total{queue=\"default\",state=\"REJECTED\"} 0");
   expect_line(body, "celer_tasks_total{queue=\"emails\",state=\"FAILED\"} 2");
+  expect_line(body, "# TYPE celer_tasks_refused_total counter");
+  expect_line(body, "celer_tasks_refused_total{reason=\"bad_signature\"} 0");
+  expect_line(body, "celer_tasks_refused_total{reason=\"expired\"} 5");
   expect_line(body, "celer_tasks_total{queue=\"emails\",state=\"SUCCEEDED\"} 0");
   expect_no_text(body, "state=\"PENDING\"");
   expect_no_text(body, "state=\"SCHEDULED\"");
