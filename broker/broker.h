@@ -13,6 +13,7 @@
  *   control.c  cancel, pause, the dead set, purge, eviction settings
  *   pubsub.c   waiting for results and for news of delayed tasks
  *   record.c   building result records
+ *   stats.c    read-only views: queue counts, the worker registry
  *
  * Key layout (CONTRACT, docs/protocol.md):
  *   <ns>:queues                   set of queue names (global)
@@ -22,6 +23,7 @@
  *   <ns>:{q}:scheduled            zset envelope -> due time (ms)
  *   <ns>:{q}:result:<id>          the task's record (JSON string)
  *   <ns>:{q}:stats                hash of counters
+ *   <ns>:{q}:rate                 hash 10-s bucket -> tasks finished in it
  *   <ns>:{q}:dead                 zset task id -> time it was dead-lettered
  *   <ns>:{q}:dead:entries         hash task id -> {"record", "envelope"}
  *   <ns>:{q}:canceled             zset task id -> time it was canceled
@@ -184,10 +186,13 @@ typedef struct broker_entry {
 
 /* Takes up to count new entries across queues (in order) for consumer,
  * blocking up to block_ms when there are none. *out (caller frees with
- * broker_entries_free) may be empty on timeout. Recreates a missing group. */
+ * broker_entries_free) may be empty on timeout. Recreates a missing group.
+ * When has_marks (nqueues flags, caller's) is not NULL, the same round trip
+ * tells for each queue whether it has cancellation marks at all, so that a
+ * queue without any needs no per-id check (broker_canceled). */
 int broker_fetch(broker_conn *b, const char *const *queues, size_t nqueues,
-                 const char *consumer, int count, int block_ms,
-                 broker_entry **out, size_t *n);
+                 const char *consumer, int count, int block_ms, broker_entry **out,
+                 size_t *n, bool *has_marks);
 void broker_entries_free(broker_entry *entries, size_t n);
 
 /* A final outcome to record (complete.lua). Strings are borrowed. */
@@ -201,6 +206,11 @@ typedef struct broker_completion {
   int64_t ttl_ms;
   const char *dead_entry;   /* JSON kept in the dead set; NULL = not dead */
   size_t dead_len;
+  /* Follow-ups published with a new SUCCEEDED record, atomically, and
+   * never when the task already had a final record (queue, envelope and
+   * eta_ms of each; status unused). NULL = none. */
+  const broker_push *followups;
+  size_t nfollowups;
 } broker_completion;
 
 /* Outcomes of the state-change scripts. */
@@ -212,9 +222,22 @@ typedef struct broker_completion {
  * TTL) in one script call per batch: for each, XACK (an entry no longer
  * pending is refused as stale) + XDEL the entry, writes the record (unless the task already
  * has a final one), dead-letters it when asked (bounded by b->dead_max and
- * b->dead_ttl_ms), bumps counters, PUBLISHes the state. outcomes[i] is
+ * b->dead_ttl_ms), bumps counters, PUBLISHes the state and, with a new
+ * record only, publishes the task's follow-ups. outcomes[i] is
  * BROKER_RECORDED, BROKER_DUPLICATE or BROKER_STALE. */
 int broker_complete(broker_conn *b, const broker_completion *c, size_t n, int *outcomes);
+/* broker_complete then broker_fetch, in one round trip when the n outcomes
+ * fit one script call: the worker's hot path, where a fair worker
+ * (prefetch 1) would otherwise pay two round trips per task. The read
+ * sent with the script does not block; when it finds nothing, a blocking
+ * broker_fetch follows (a second round trip, only when the queues have run
+ * dry). On an error, the
+ * outcomes may or may not have been recorded (the caller's entries stay
+ * pending either way and come back by lease, as with broker_complete). */
+int broker_complete_fetch(broker_conn *b, const broker_completion *c, size_t n, int *outcomes,
+                          const char *const *queues, size_t nqueues, const char *consumer,
+                          int count, int block_ms, broker_entry **out, size_t *nout,
+                          bool *has_marks);
 
 /* A leased entry to move into the scheduled set (reschedule.lua). */
 typedef struct broker_reschedule_req {
@@ -347,6 +370,38 @@ int broker_unsubscribe_done(broker_conn *sub, const char *queue, const char *id)
  * ms, < 0 = forever). Returns 0, CELER_ETIMEDOUT or an error. A timeout
  * leaves sub disconnected (hiredis cannot resume a timed-out read). */
 int broker_wait_message(broker_conn *sub, int64_t deadline_mono_ms);
+
+/* ---- stats.c ---- */
+/* Scheduled members one queue read inspects to count retries (decoding
+ * only those that mention "attempt"): bounds the time one read holds
+ * Redis to tens of ms. Beyond it the retry count is a lower bound. */
+#define BROKER_STATS_RETRY_SCAN_MAX 50000
+
+/* One queue's counts, read atomically (stats.lua). */
+typedef struct broker_queue_stats {
+  int64_t ready, active, scheduled, retrying, dead;
+  bool retrying_exact;   /* false: the scheduled set was too big to read whole */
+  int64_t processed, succeeded, failed, rejected, expired, canceled, retried;
+  bool paused;
+  int64_t recent;        /* tasks finished within the last window_ms */
+  int64_t window_ms;     /* the rate window, by the broker's clock */
+} broker_queue_stats;
+/* Counts of n queues in one pipelined round trip into out[0..n-1]. */
+int broker_read_queue_stats(broker_conn *b, const char *const *queues, size_t n,
+                            broker_queue_stats *out);
+
+/* The worker registry as stored. Every string is owned by the list. */
+typedef struct broker_worker_list {
+  char **names, **entries;  /* <ns>:workers: name -> JSON entry */
+  size_t n;
+  char **seen_names;        /* <ns>:workers:seen, oldest heartbeat first */
+  int64_t *seen_ms;
+  size_t n_seen;
+} broker_worker_list;
+/* Reads both registry keys in one round trip; on 0 free *out with
+ * broker_worker_list_free (also safe on a zeroed list). */
+int broker_workers(broker_conn *b, broker_worker_list *out);
+void broker_worker_list_free(broker_worker_list *l);
 
 /* ---- record.c ---- */
 /* Everything a record says about one run. Strings are borrowed. */

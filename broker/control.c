@@ -69,7 +69,7 @@ int broker_paused(broker_conn *b, const char *const *queues, size_t n, bool *pau
     char key[BROKER_KEY_MAX + 1];
     broker_key(key, b->ns, queues[i], "paused", NULL);
     const char *argv[2] = {"EXISTS", key};
-    if (redisAppendCommandArgv(b->ctx, 2, argv, NULL) != REDIS_OK) {
+    if (broker_append(b, 2, argv, NULL) != REDIS_OK) {
       broker_close(b);
       return broker_fail(b, CELER_ENOMEM, "out of memory checking pause flags");
     }
@@ -283,7 +283,7 @@ static int pipeline(broker_conn *b, const char *what, size_t n, const char *cons
   int rc = broker_ensure(b);
   if (rc != 0) return rc;
   for (size_t i = 0; i < n; i++) {
-    if (redisAppendCommandArgv(b->ctx, argc[i], (const char **)argv[i], NULL) != REDIS_OK) {
+    if (broker_append(b, argc[i], (const char **)argv[i], NULL) != REDIS_OK) {
       broker_close(b);
       return broker_fail(b, CELER_ENOMEM, "out of memory building %s", what);
     }

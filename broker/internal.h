@@ -13,6 +13,10 @@ int broker_set_timeout(broker_conn *b, int ms);
 /* Records the context's I/O error (or timeout) in b->errstr, closes the
  * dead context and returns CELER_ECONNECT or CELER_ETIMEDOUT. */
 int broker_io_error(broker_conn *b, const char *what);
+/* Appends one command (not sent until a reply is read) to the live
+ * connection's output; argvlen may be NULL for C strings. REDIS_OK, or
+ * REDIS_ERR when out of memory. */
+int broker_append(broker_conn *b, int argc, const char *const *argv, const size_t *argvlen);
 /* Sends argv and reads the reply on a live (or re-made) connection.
  * argvlen may be NULL for NUL-terminated arguments. */
 redisReply *broker_command(broker_conn *b, int *code, int argc, const char **argv,
@@ -31,6 +35,19 @@ int broker_parse_entry(redisReply *item, broker_entry *e);
 bool broker_parse_count(const char *s, size_t len, int64_t *out);
 /* A NUL-terminated malloc'd copy of len bytes, or NULL. */
 char *broker_copy_bytes(const char *s, size_t len);
+
+/* Appends (does not send) an EVALSHA of script s to the connection's
+ * output, loading the script first when its sha is not known: a pipeline
+ * step. The connection must be live (broker_ensure) and, when something is
+ * already appended, the script loaded; nothing else may touch the
+ * connection until broker_eval_reply has read the answer. */
+int broker_eval_append(broker_conn *b, broker_script s, int nkeys, const char **argv,
+                       const size_t *argvlen, int argc);
+/* Reads the answer to an appended EVALSHA: the reply (caller frees), or
+ * NULL with *code set (an error reply: CELER_ESCRIPT; I/O: the connection
+ * is closed), or NULL with *code 0 and *noscript set when the server had
+ * lost the script (it is loaded again on next use: call again). */
+redisReply *broker_eval_reply(broker_conn *b, int *code, broker_script s, bool *noscript);
 
 /* Embedded script sources (generated from broker/lua/ at build time). */
 extern const char celer_lua_lib[];

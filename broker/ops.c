@@ -41,22 +41,22 @@ static int append_push(broker_conn *b, const broker_push *p, int64_t now_ms) {
     const char *argv[4] = {"ZADD", key, score, p->envelope};
     size_t len[4] = {4, strlen(key), strlen(score), p->len};
     const char *pub[3] = {"PUBLISH", channel, score};
-    if (redisAppendCommandArgv(b->ctx, 4, argv, len) != REDIS_OK ||
-        redisAppendCommandArgv(b->ctx, 3, pub, NULL) != REDIS_OK)
+    if (broker_append(b, 4, argv, len) != REDIS_OK ||
+        broker_append(b, 3, pub, NULL) != REDIS_OK)
       return -1;
     return 2;
   }
   broker_key(key, b->ns, p->queue, "stream", NULL);
   const char *argv[5] = {"XADD", key, "*", "task", p->envelope};
   size_t len[5] = {4, strlen(key), 1, 4, p->len};
-  return redisAppendCommandArgv(b->ctx, 5, argv, len) == REDIS_OK ? 1 : -1;
+  return broker_append(b, 5, argv, len) == REDIS_OK ? 1 : -1;
 }
 
 static int append_register(broker_conn *b, const char *queue) {
   char key[BROKER_KEY_MAX + 1];
   broker_queues_key(key, b->ns);
   const char *argv[3] = {"SADD", key, queue};
-  return redisAppendCommandArgv(b->ctx, 3, argv, NULL);
+  return broker_append(b, 3, argv, NULL);
 }
 
 /* Marks every push whose status is still pending (1) with code. */
@@ -196,7 +196,9 @@ int broker_parse_entry(redisReply *item, broker_entry *e) {
     problem = "the stream entry has an unexpected shape";
   } else {
     redisReply *id = item->element[0], *fields = item->element[1];
-    snprintf(e->entry_id, sizeof e->entry_id, "%.*s", (int)id->len, id->str);
+    size_t n = id->len < sizeof e->entry_id ? id->len : sizeof e->entry_id - 1;
+    memcpy(e->entry_id, id->str, n);
+    e->entry_id[n] = '\0';
     if (fields->type != REDIS_REPLY_ARRAY) {
       problem = "the stream entry has no fields (deleted while pending)";
     } else {
@@ -267,67 +269,138 @@ static int parse_fetch(broker_conn *b, redisReply *r, char keys[][BROKER_KEY_MAX
  * it. A worker serving more queues is a configuration error. */
 #define FETCH_QUEUES_MAX 64
 
-int broker_fetch(broker_conn *b, const char *const *queues, size_t nqueues,
-                 const char *consumer, int count, int block_ms, broker_entry **out,
-                 size_t *n) {
+/* One fetch: the XREADGROUP argument vector and, when the caller wants to
+ * know which queues have cancellation marks, their canceled-set keys. */
+typedef struct fetch_call {
   char keys[FETCH_QUEUES_MAX][BROKER_KEY_MAX + 1];
+  char marks[FETCH_QUEUES_MAX][BROKER_KEY_MAX + 1];
   const char *argv[9 + 2 * FETCH_QUEUES_MAX];
   char countbuf[16], blockbuf[16];
-  *out = NULL;
-  *n = 0;
+  int argc, block_ms;
+  size_t nqueues;
+  bool *has_marks;            /* caller's; NULL = not asked */
+} fetch_call;
+
+static int fetch_build(broker_conn *b, const char *const *queues, size_t nqueues,
+                       const char *consumer, int count, int block_ms, bool *has_marks,
+                       fetch_call *f) {
   if (nqueues == 0 || nqueues > FETCH_QUEUES_MAX)
     return broker_fail(b, CELER_EINVAL, "a worker reads 1 to %d queues, not %zu",
                        FETCH_QUEUES_MAX, nqueues);
+  f->nqueues = nqueues;
+  f->block_ms = block_ms;
+  f->has_marks = has_marks;
   int argc = 0;
-  argv[argc++] = "XREADGROUP";
-  argv[argc++] = "GROUP";
-  argv[argc++] = BROKER_GROUP;
-  argv[argc++] = consumer;
-  snprintf(countbuf, sizeof countbuf, "%d", count > 0 ? count : 1);
-  argv[argc++] = "COUNT";
-  argv[argc++] = countbuf;
+  f->argv[argc++] = "XREADGROUP";
+  f->argv[argc++] = "GROUP";
+  f->argv[argc++] = BROKER_GROUP;
+  f->argv[argc++] = consumer;
+  snprintf(f->countbuf, sizeof f->countbuf, "%d", count > 0 ? count : 1);
+  f->argv[argc++] = "COUNT";
+  f->argv[argc++] = f->countbuf;
   if (block_ms > 0) {
-    snprintf(blockbuf, sizeof blockbuf, "%d", block_ms);
-    argv[argc++] = "BLOCK";
-    argv[argc++] = blockbuf;
+    snprintf(f->blockbuf, sizeof f->blockbuf, "%d", block_ms);
+    f->argv[argc++] = "BLOCK";
+    f->argv[argc++] = f->blockbuf;
   }
-  argv[argc++] = "STREAMS";
+  f->argv[argc++] = "STREAMS";
   for (size_t q = 0; q < nqueues; q++) {
-    broker_key(keys[q], b->ns, queues[q], "stream", NULL);
-    argv[argc++] = keys[q];
+    broker_key(f->keys[q], b->ns, queues[q], "stream", NULL);
+    if (has_marks) broker_key(f->marks[q], b->ns, queues[q], "canceled", NULL);
+    f->argv[argc++] = f->keys[q];
   }
-  for (size_t q = 0; q < nqueues; q++) argv[argc++] = ">";
+  for (size_t q = 0; q < nqueues; q++) f->argv[argc++] = ">";
+  f->argc = argc;
+  return 0;
+}
 
+/* True when the socket's deadline must be widened to outlast the block; it
+ * usually does already, and then two system calls per fetch are saved. */
+static bool fetch_widens(const broker_conn *b, const fetch_call *f) {
+  return f->block_ms > 0 && f->block_ms + BROKER_BLOCK_GRACE_MS > b->timeout_ms;
+}
+
+/* Appends XREADGROUP and, when marks are asked for, one EXISTS per queue's
+ * canceled set, to the live connection's output. The server runs the
+ * EXISTS only once the read has its entries (a blocked client's next
+ * commands wait), so the answer covers every cancellation made before the
+ * entries were taken. */
+static int fetch_append(broker_conn *b, const fetch_call *f) {
+  bool built = broker_append(b, f->argc, f->argv, NULL) == REDIS_OK;
+  for (size_t q = 0; built && f->has_marks && q < f->nqueues; q++) {
+    const char *ex[2] = {"EXISTS", f->marks[q]};
+    built = broker_append(b, 2, ex, NULL) == REDIS_OK;
+  }
+  if (built) return 0;
+  broker_close(b);
+  return broker_fail(b, CELER_ENOMEM, "out of memory building XREADGROUP");
+}
+
+/* Reads what fetch_append asked for: the XREADGROUP reply (caller frees),
+ * with f->has_marks filled, or NULL with *code set (the connection is then
+ * closed). */
+static redisReply *fetch_read(broker_conn *b, fetch_call *f, int *code) {
+  redisReply *r = NULL;
+  if (redisGetReply(b->ctx, (void **)&r) != REDIS_OK || r == NULL) {
+    *code = broker_io_error(b, "XREADGROUP");
+    return NULL;
+  }
+  for (size_t q = 0; f->has_marks && q < f->nqueues; q++) {
+    redisReply *e = NULL;
+    if (redisGetReply(b->ctx, (void **)&e) != REDIS_OK || e == NULL) {
+      freeReplyObject(r);
+      *code = broker_io_error(b, "EXISTS");
+      return NULL;
+    }
+    /* Anything but a clear "no marks" means: check each id. */
+    f->has_marks[q] = !(e->type == REDIS_REPLY_INTEGER && e->integer == 0);
+    freeReplyObject(e);
+  }
+  *code = 0;
+  return r;
+}
+
+/* Turns the XREADGROUP reply into entries (and frees it). Returns 0,
+ * an error, or 1 when the group is missing (NOGROUP). */
+static int fetch_finish(broker_conn *b, fetch_call *f, redisReply *r,
+                        broker_entry **out, size_t *n) {
+  int rc;
+  if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOGROUP", 7) == 0) {
+    rc = 1;
+  } else if (r->type == REDIS_REPLY_ERROR) {
+    rc = broker_reply_error(b, r, "XREADGROUP");
+  } else {
+    rc = parse_fetch(b, r, f->keys, f->nqueues, out, n);
+  }
+  freeReplyObject(r);
+  return rc;
+}
+
+int broker_fetch(broker_conn *b, const char *const *queues, size_t nqueues,
+                 const char *consumer, int count, int block_ms, broker_entry **out,
+                 size_t *n, bool *has_marks) {
+  fetch_call f;
+  *out = NULL;
+  *n = 0;
+  int rc = fetch_build(b, queues, nqueues, consumer, count, block_ms, has_marks, &f);
+  if (rc != 0) return rc;
   for (int attempt = 0; attempt < 2; attempt++) {
-    int rc = broker_ensure(b);
-    if (rc != 0) return rc;
-    /* The socket's deadline must outlast the block; it usually does
-     * already, and then the two system calls per fetch are saved. */
-    bool widen = block_ms > 0 && block_ms + BROKER_BLOCK_GRACE_MS > b->timeout_ms;
+    if ((rc = broker_ensure(b)) != 0) return rc;
+    bool widen = fetch_widens(b, &f);
     if (widen && (rc = broker_set_timeout(b, block_ms + BROKER_BLOCK_GRACE_MS)) != 0) return rc;
-    int code;
-    redisReply *r = broker_command(b, &code, argc, argv, NULL);
-    if (r == NULL) return code;
+    if ((rc = fetch_append(b, &f)) != 0) return rc;
+    redisReply *r = fetch_read(b, &f, &rc);
+    if (r == NULL) return rc;
     if (widen && (rc = broker_set_timeout(b, b->timeout_ms)) != 0) {
       freeReplyObject(r);
       return rc;
     }
-    if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOGROUP", 7) == 0 && attempt == 0) {
-      /* The stream or its group is gone (first start, or a purge): make them
-       * again at ID 0 so nothing already in the stream is skipped. */
-      freeReplyObject(r);
-      for (size_t q = 0; q < nqueues; q++)
-        if ((rc = broker_ensure_group(b, queues[q])) != 0) return rc;
-      continue;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-      rc = broker_reply_error(b, r, "XREADGROUP");
-      freeReplyObject(r);
-      return rc;
-    }
-    rc = parse_fetch(b, r, keys, nqueues, out, n);
-    freeReplyObject(r);
-    return rc;
+    rc = fetch_finish(b, &f, r, out, n);
+    if (rc != 1) return rc;
+    /* The stream or its group is gone (first start, or a purge): make them
+     * again at ID 0 so nothing already in the stream is skipped. */
+    for (size_t q = 0; q < nqueues; q++)
+      if ((rc = broker_ensure_group(b, queues[q])) != 0) return rc;
   }
   return broker_fail(b, CELER_EPROTO, "XREADGROUP: the consumer group keeps disappearing");
 }
@@ -344,61 +417,179 @@ int broker_integer_reply(broker_conn *b, redisReply *r, const char *script, int 
 }
 
 /* Tasks recorded per complete.lua call: a prefetch batch fits, and the
- * argument vector stays bounded. */
+ * argument vector stays bounded (scripts.c: SCRIPT_ARGC_MAX). */
 #define COMPLETE_BATCH 200
-#define COMPLETE_FIXED_ARGS 10 /* 4 keys + 6 arguments before the items */
+#define COMPLETE_KEYS 5        /* stream, stats, dead, dead entries, rate */
+#define COMPLETE_FIXED_ARGS 11 /* the keys + 6 arguments before the items */
+#define COMPLETE_ITEM_ARGS 6   /* arguments per task */
+
+/* The follow-ups of one completion as complete.lua reads them: a JSON
+ * array of [stream key, scheduled key, wake channel, queues key, queue,
+ * eta ms, envelope] (malloc'd; caller frees), or NULL when out of memory. */
+static char *encode_followups(const broker_conn *b, const broker_completion *c, size_t *len) {
+  json_t *all = json_array();
+  char stream[BROKER_KEY_MAX + 1], sched[BROKER_KEY_MAX + 1], wake[BROKER_KEY_MAX + 1],
+      queues[BROKER_KEY_MAX + 1];
+  broker_queues_key(queues, b->ns);
+  for (size_t i = 0; all && i < c->nfollowups; i++) {
+    const broker_push *f = &c->followups[i];
+    broker_key(stream, b->ns, f->queue, "stream", NULL);
+    broker_key(sched, b->ns, f->queue, "scheduled", NULL);
+    broker_key(wake, b->ns, f->queue, "wake", NULL);
+    json_t *item = json_pack("[sssssIs%]", stream, sched, wake, queues, f->queue,
+                             (json_int_t)f->eta_ms, f->envelope, f->len);
+    if (item == NULL || json_array_append_new(all, item) != 0) {
+      json_decref(all);
+      all = NULL;
+    }
+  }
+  char *out = all ? json_dumps(all, JSON_COMPACT) : NULL;
+  json_decref(all);
+  if (out) *len = strlen(out);
+  return out;
+}
+
+/* One complete.lua call for up to COMPLETE_BATCH tasks of one queue: its
+ * argument vector, which borrows from the completions and owns the
+ * encoded follow-ups (complete_release frees them). */
+typedef struct complete_call {
+  char stream[BROKER_KEY_MAX + 1], stats[BROKER_KEY_MAX + 1], dead[BROKER_KEY_MAX + 1],
+      entries[BROKER_KEY_MAX + 1], rate[BROKER_KEY_MAX + 1], results[BROKER_KEY_MAX + 1],
+      done[BROKER_KEY_MAX + 1], ttl[24], dead_max[24], dead_age[24];
+  const char *argv[COMPLETE_FIXED_ARGS + COMPLETE_ITEM_ARGS * COMPLETE_BATCH];
+  size_t len[COMPLETE_FIXED_ARGS + COMPLETE_ITEM_ARGS * COMPLETE_BATCH];
+  char *followups[COMPLETE_BATCH];
+  size_t k;
+  int argc;
+} complete_call;
+
+static void complete_release(complete_call *cc) {
+  for (size_t i = 0; i < cc->k; i++) free(cc->followups[i]);
+  cc->k = 0;
+}
+
+/* Builds the call for c[0..k), k <= COMPLETE_BATCH, all of c[0].queue. */
+static int complete_build(broker_conn *b, const broker_completion *c, size_t k,
+                          complete_call *cc) {
+  const char *queue = c[0].queue;
+  broker_key(cc->stream, b->ns, queue, "stream", NULL);
+  broker_key(cc->stats, b->ns, queue, "stats", NULL);
+  broker_key(cc->dead, b->ns, queue, "dead", NULL);
+  broker_key(cc->entries, b->ns, queue, "dead:entries", NULL);
+  broker_key(cc->rate, b->ns, queue, "rate", NULL);
+  broker_key(cc->results, b->ns, queue, "result:", NULL);
+  broker_key(cc->done, b->ns, queue, "done:", NULL);
+  snprintf(cc->ttl, sizeof cc->ttl, "%lld", (long long)(c[0].ttl_ms > 0 ? c[0].ttl_ms : 1));
+  snprintf(cc->dead_max, sizeof cc->dead_max, "%lld", (long long)b->dead_max);
+  snprintf(cc->dead_age, sizeof cc->dead_age, "%lld", (long long)b->dead_ttl_ms);
+  const char *fixed[COMPLETE_FIXED_ARGS] = {cc->stream,   cc->stats, cc->dead,     cc->entries,
+                                            cc->rate,     BROKER_GROUP, cc->ttl,   cc->dead_max,
+                                            cc->dead_age, cc->results,  cc->done};
+  int argc = 0;
+  for (; argc < COMPLETE_FIXED_ARGS; argc++) {
+    cc->argv[argc] = fixed[argc];
+    cc->len[argc] = strlen(fixed[argc]);
+  }
+  cc->k = 0;
+  for (size_t i = 0; i < k; i++) {
+    const broker_completion *it = &c[i];
+    size_t flen = 0;
+    cc->followups[i] = it->nfollowups ? encode_followups(b, it, &flen) : NULL;
+    cc->k = i + 1;
+    if (it->nfollowups && cc->followups[i] == NULL) {
+      complete_release(cc);
+      return broker_fail(b, CELER_ENOMEM, "out of memory encoding follow-ups");
+    }
+    const char *item[COMPLETE_ITEM_ARGS] = {
+        it->entry_id ? it->entry_id : "", it->task_id, it->record, celer_state_name(it->state),
+        it->dead_entry ? it->dead_entry : "", cc->followups[i] ? cc->followups[i] : ""};
+    size_t ilen[COMPLETE_ITEM_ARGS] = {strlen(item[0]), strlen(item[1]), it->record_len,
+                                       strlen(item[3]), it->dead_entry ? it->dead_len : 0,
+                                       flen};
+    for (int j = 0; j < COMPLETE_ITEM_ARGS; j++) {
+      cc->argv[argc] = item[j];
+      cc->len[argc++] = ilen[j];
+    }
+  }
+  cc->argc = argc;
+  return 0;
+}
+
+/* Reads complete.lua's answer for k tasks into outcomes (and frees r). */
+static int complete_outcomes(broker_conn *b, redisReply *r, size_t k, int *outcomes) {
+  int rc = 0;
+  if (r->type != REDIS_REPLY_ARRAY || r->elements != k) {
+    rc = broker_fail(b, CELER_EPROTO, "the complete script returned an unexpected reply");
+  } else {
+    for (size_t i = 0; i < k; i++) outcomes[i] = (int)r->element[i]->integer;
+  }
+  freeReplyObject(r);
+  return rc;
+}
 
 int broker_complete(broker_conn *b, const broker_completion *c, size_t n, int *outcomes) {
-  char stream[BROKER_KEY_MAX + 1], stats[BROKER_KEY_MAX + 1], dead[BROKER_KEY_MAX + 1],
-      entries[BROKER_KEY_MAX + 1], results[BROKER_KEY_MAX + 1], done[BROKER_KEY_MAX + 1],
-      ttl[24], dead_max[24], dead_age[24];
-  const char *argv[COMPLETE_FIXED_ARGS + 5 * COMPLETE_BATCH];
-  size_t len[COMPLETE_FIXED_ARGS + 5 * COMPLETE_BATCH];
-  if (n == 0) return 0;
-  const char *queue = c[0].queue;
-  broker_key(stream, b->ns, queue, "stream", NULL);
-  broker_key(stats, b->ns, queue, "stats", NULL);
-  broker_key(dead, b->ns, queue, "dead", NULL);
-  broker_key(entries, b->ns, queue, "dead:entries", NULL);
-  broker_key(results, b->ns, queue, "result:", NULL);
-  broker_key(done, b->ns, queue, "done:", NULL);
-  snprintf(ttl, sizeof ttl, "%lld", (long long)(c[0].ttl_ms > 0 ? c[0].ttl_ms : 1));
-  snprintf(dead_max, sizeof dead_max, "%lld", (long long)b->dead_max);
-  snprintf(dead_age, sizeof dead_age, "%lld", (long long)b->dead_ttl_ms);
+  complete_call cc;
   for (size_t done_n = 0; done_n < n;) {
     size_t k = n - done_n > COMPLETE_BATCH ? COMPLETE_BATCH : n - done_n;
-    const char *fixed[COMPLETE_FIXED_ARGS] = {stream, stats, dead,     entries,  BROKER_GROUP,
-                                              ttl,    dead_max, dead_age, results, done};
-    int argc = 0;
-    for (; argc < COMPLETE_FIXED_ARGS; argc++) {
-      argv[argc] = fixed[argc];
-      len[argc] = strlen(fixed[argc]);
-    }
-    for (size_t i = 0; i < k; i++) {
-      const broker_completion *it = &c[done_n + i];
-      const char *item[5] = {it->entry_id ? it->entry_id : "", it->task_id, it->record,
-                             celer_state_name(it->state), it->dead_entry ? it->dead_entry : ""};
-      size_t ilen[5] = {strlen(item[0]), strlen(item[1]), it->record_len, strlen(item[3]),
-                        it->dead_entry ? it->dead_len : 0};
-      for (int j = 0; j < 5; j++) {
-        argv[argc] = item[j];
-        len[argc++] = ilen[j];
-      }
-    }
-    int code;
-    redisReply *r = broker_eval(b, &code, BROKER_SCRIPT_COMPLETE, 4, argv, len, argc);
+    int code = complete_build(b, c + done_n, k, &cc);
+    if (code != 0) return code;
+    redisReply *r =
+        broker_eval(b, &code, BROKER_SCRIPT_COMPLETE, COMPLETE_KEYS, cc.argv, cc.len, cc.argc);
+    complete_release(&cc);
     if (r == NULL) return code;
-    int rc = 0;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != k) {
-      rc = broker_fail(b, CELER_EPROTO, "the complete script returned an unexpected reply");
-    } else {
-      for (size_t i = 0; i < k; i++) outcomes[done_n + i] = (int)r->element[i]->integer;
-    }
-    freeReplyObject(r);
-    if (rc != 0) return rc;
+    if ((code = complete_outcomes(b, r, k, outcomes + done_n)) != 0) return code;
     done_n += k;
   }
   return 0;
+}
+
+int broker_complete_fetch(broker_conn *b, const broker_completion *c, size_t n, int *outcomes,
+                          const char *const *queues, size_t nqueues, const char *consumer,
+                          int count, int block_ms, broker_entry **out, size_t *nout,
+                          bool *has_marks) {
+  *out = NULL;
+  *nout = 0;
+  if (n == 0 || n > COMPLETE_BATCH) {
+    int rc = broker_complete(b, c, n, outcomes);
+    return rc ? rc : broker_fetch(b, queues, nqueues, consumer, count, block_ms, out, nout,
+                                  has_marks);
+  }
+  /* The read that rides with the script does not block: a server that had
+   * lost the script must not make the outcomes wait out a block. Only when
+   * it finds nothing does a blocking read follow. */
+  fetch_call f;
+  complete_call cc;
+  int rc = fetch_build(b, queues, nqueues, consumer, count, 0, has_marks, &f);
+  if (rc == 0) rc = complete_build(b, c, n, &cc);
+  if (rc != 0) return rc;
+  rc = broker_eval_append(b, BROKER_SCRIPT_COMPLETE, COMPLETE_KEYS, cc.argv, cc.len, cc.argc);
+  complete_release(&cc);
+  if (rc != 0) return rc;
+  /* Nothing may come between the two appends: no broker_ensure. */
+  if ((rc = fetch_append(b, &f)) != 0) return rc;
+  bool noscript = false;
+  redisReply *cr = broker_eval_reply(b, &rc, BROKER_SCRIPT_COMPLETE, &noscript);
+  if (cr == NULL && !noscript) {
+    /* An error reply leaves the fetch's answers on the wire: drop the
+     * connection (entries it took stay pending and come back by lease). */
+    broker_close(b);
+    return rc;
+  }
+  redisReply *fr = fetch_read(b, &f, &rc);
+  if (fr == NULL) {
+    if (cr) freeReplyObject(cr);
+    return rc;
+  }
+  /* A server that had lost the script recorded nothing: load it, run again. */
+  rc = cr ? complete_outcomes(b, cr, n, outcomes) : broker_complete(b, c, n, outcomes);
+  if (rc != 0) {
+    freeReplyObject(fr);
+    return rc;
+  }
+  rc = fetch_finish(b, &f, fr, out, nout);
+  if (rc == 1 || (rc == 0 && *nout == 0))
+    return broker_fetch(b, queues, nqueues, consumer, count, block_ms, out, nout, has_marks);
+  return rc;
 }
 
 int broker_reschedule(broker_conn *b, const broker_reschedule_req *q, int *outcome) {

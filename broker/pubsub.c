@@ -100,7 +100,7 @@ int broker_unsubscribe_done(broker_conn *sub, const char *queue, const char *id)
   if (sub->ctx == NULL || sub->ctx->err) return CELER_ECONNECT;
   int rc = broker_set_timeout(sub, sub->timeout_ms);
   if (rc != 0) return rc;
-  if (redisAppendCommandArgv(sub->ctx, 2, argv, NULL) != REDIS_OK)
+  if (broker_append(sub, 2, argv, NULL) != REDIS_OK)
     return broker_fail(sub, CELER_ENOMEM, "out of memory unsubscribing");
   for (;;) {
     redisReply *r = NULL;

@@ -49,9 +49,10 @@ static int load_script(broker_conn *b, broker_script s) {
   return rc;
 }
 
-/* The most arguments any of our scripts takes (a handback of a full
- * prefetch), plus EVALSHA, sha and numkeys. */
-#define SCRIPT_ARGC_MAX 1100 /* >= 10 + 5 * the complete batch of ops.c */
+/* The most arguments any of our scripts takes, plus EVALSHA, sha and
+ * numkeys: a complete.lua call of a full batch (ops.c: 11 + 6 x 200) or a
+ * handback of a full prefetch (1000 ids + 3). */
+#define SCRIPT_ARGC_MAX 1300
 
 void *broker_eval(broker_conn *b, int *code, broker_script s, int nkeys,
                   const char **argv, const size_t *argvlen, int argc) {
@@ -94,6 +95,54 @@ void *broker_eval(broker_conn *b, int *code, broker_script s, int nkeys,
   }
   *code = broker_fail(b, CELER_ESCRIPT, "the %s script keeps disappearing from the broker",
                       script_name(s));
+  return NULL;
+}
+
+int broker_eval_append(broker_conn *b, broker_script s, int nkeys, const char **argv,
+                       const size_t *argvlen, int argc) {
+  const char *full[SCRIPT_ARGC_MAX + 3];
+  size_t fulllen[SCRIPT_ARGC_MAX + 3];
+  char nk[16];
+  if (argc > SCRIPT_ARGC_MAX)
+    return broker_fail(b, CELER_EINVAL, "too many script arguments (%d)", argc);
+  int rc = broker_ensure(b);
+  if (rc == 0 && b->scripts_sha[s][0] == '\0') rc = load_script(b, s);
+  if (rc != 0) return rc;
+  snprintf(nk, sizeof nk, "%d", nkeys);
+  full[0] = "EVALSHA";
+  fulllen[0] = 7;
+  full[1] = b->scripts_sha[s];
+  fulllen[1] = 40;
+  full[2] = nk;
+  fulllen[2] = strlen(nk);
+  for (int i = 0; i < argc; i++) {
+    full[3 + i] = argv[i];
+    fulllen[3 + i] = argvlen ? argvlen[i] : strlen(argv[i]);
+  }
+  if (broker_append(b, argc + 3, full, fulllen) != REDIS_OK) {
+    broker_close(b);
+    return broker_fail(b, CELER_ENOMEM, "out of memory building the %s call", script_name(s));
+  }
+  return 0;
+}
+
+redisReply *broker_eval_reply(broker_conn *b, int *code, broker_script s, bool *noscript) {
+  redisReply *r = NULL;
+  *noscript = false;
+  if (redisGetReply(b->ctx, (void **)&r) != REDIS_OK || r == NULL) {
+    *code = broker_io_error(b, script_name(s));
+    return NULL;
+  }
+  *code = 0;
+  if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0) {
+    b->scripts_sha[s][0] = '\0';
+    *noscript = true;
+  } else if (r->type == REDIS_REPLY_ERROR) {
+    *code = broker_fail(b, CELER_ESCRIPT, "the %s script failed: %s", script_name(s), r->str);
+  } else {
+    return r;
+  }
+  freeReplyObject(r);
   return NULL;
 }
 

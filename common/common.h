@@ -113,9 +113,21 @@ void celer_config_free(celer_config *cfg);
 /* Replaces an owned string field with a copy of value. */
 int celer_config_replace(char **field, const char *value);
 
+/* Hides the broker password of the command line from other processes:
+ * each `--broker URL` / `--broker=URL` argument that holds a password is
+ * moved to a private copy (argv[i] then points at it, so option parsing
+ * sees the same text) and the original, which is what /proc/PID/cmdline
+ * shows, is overwritten with '*' in place. Call first thing in main(). */
+#define CELER_ARGV_HIDDEN_MAX 8
+void celer_argv_hide_passwords(int argc, char **argv);
+
 /* Formats into a fixed buffer, always terminated; returns CELER_ETOOBIG
  * when truncated. */
 int celer_fmt(char *buf, size_t size, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Copies src (NULL = "") into dst of size bytes (> 0), truncating, always
+ * terminated; returns CELER_ETOOBIG when truncated. The hot paths use it
+ * where snprintf("%s") cost ten times as much. */
+int celer_copy(char *dst, size_t size, const char *src);
 
 #endif

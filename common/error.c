@@ -61,3 +61,13 @@ int celer_fmt(char *buf, size_t size, const char *fmt, ...) {
   }
   return (size_t)n >= size ? CELER_ETOOBIG : 0;
 }
+
+int celer_copy(char *dst, size_t size, const char *src) {
+  if (src == NULL) src = "";
+  size_t n = strnlen(src, size);
+  int truncated = n == size;
+  if (truncated) n = size - 1;
+  memcpy(dst, src, n);
+  dst[n] = '\0';
+  return truncated ? CELER_ETOOBIG : 0;
+}

@@ -2,8 +2,24 @@
 # Installs the Debian packages Celer builds, tests and runs with. Silent
 # and quick when everything is present; uses sudo when not root.
 set -eu
+# What the built programs and modules need at run time, and no more: with
+# --runtime only these are installed (the Docker image's runtime stage).
+# curl is the image's HEALTHCHECK client; ca-certificates lets notify reach
+# https webhooks. tests/deploy checks that this list covers every library
+# the installed programs load.
+RUNTIME_PACKAGES="libhiredis0.14 libev4 libjansson4 libjwt0 libsqlite3-0 libcurl4
+ca-certificates curl"
+# python3-yaml and systemd: tests/deploy parses docker-compose.yml and runs
+# systemd-analyze verify on the installed unit. openssl makes the signing
+# tests' keys; clang and libclang-rt-14-dev (libFuzzer) build `make fuzz`;
+# cppcheck is `make lint`.
 PACKAGES="build-essential cmake pkg-config libhiredis-dev libev-dev libjansson-dev
-libjwt-dev libcmocka-dev libsqlite3-dev libcurl4-openssl-dev redis-server redis-tools curl"
+libjwt-dev libcmocka-dev libsqlite3-dev libcurl4-openssl-dev redis-server redis-tools curl
+python3-yaml systemd tmux $RUNTIME_PACKAGES
+openssl clang libclang-rt-14-dev cppcheck"
+if [ "${1:-}" = --runtime ]; then
+  PACKAGES=$RUNTIME_PACKAGES
+fi
 
 missing=""
 for p in $PACKAGES; do

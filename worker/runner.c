@@ -32,8 +32,7 @@
 #define RUNNER_SALVAGE_MAX (16 * 1024 * 1024)
 
 static void pending_clear(pending_done *p) {
-  free((char *)p->c.record);
-  free((char *)p->c.dead_entry);
+  outcome_completion_free(&p->c);
   free(p->error_message);
   memset(p, 0, sizeof *p);
 }
@@ -56,13 +55,14 @@ int runner_init(runner *r, broker_conn *conn, const celer_registry *reg,
   r->pending = calloc(cap, sizeof *r->pending);
   r->canceled = calloc(cap, sizeof *r->canceled);
   r->got = calloc(cap, sizeof *r->got);
+  r->marks = calloc(n, sizeof *r->marks);
   r->ids = calloc(cap, sizeof *r->ids);
   r->which = calloc(cap, sizeof *r->which);
   r->idbuf = calloc(cap, sizeof *r->idbuf);
   r->batch = calloc(cap, sizeof *r->batch);
   r->outcomes = calloc(cap, sizeof *r->outcomes);
-  return r->paused && r->active && r->pending && r->canceled && r->got && r->ids && r->which &&
-                 r->idbuf && r->batch && r->outcomes
+  return r->paused && r->active && r->pending && r->canceled && r->got && r->marks && r->ids &&
+                 r->which && r->idbuf && r->batch && r->outcomes
              ? 0
              : CELER_ENOMEM;
 }
@@ -72,6 +72,7 @@ void runner_free(runner *r) {
   free(r->pending);
   free(r->canceled);
   free(r->got);
+  free(r->marks);
   free(r->ids);
   free(r->which);
   free(r->idbuf);
@@ -123,9 +124,9 @@ static void slot_run_begins(runner *r, const broker_entry *e, const worker_task 
   slot_run *run = &r->slot->run;
   run->busy = true;
   run->queue_index = (uint32_t)e->queue_index;
-  snprintf(run->entry_id, sizeof run->entry_id, "%s", e->entry_id);
-  snprintf(run->task_id, sizeof run->task_id, "%s", env->id);
-  snprintf(run->task, sizeof run->task, "%s", env->task);
+  celer_copy(run->entry_id, sizeof run->entry_id, e->entry_id);
+  celer_copy(run->task_id, sizeof run->task_id, env->id);
+  celer_copy(run->task, sizeof run->task, env->task);
   run->started_mono = celer_mono_ms();
   run->deadline_mono = limit > 0 ? run->started_mono + limit : 0;
   run->attempt = env->attempt;
@@ -177,6 +178,9 @@ static void run_handler(runner *r, const broker_entry *e, const worker_task *t,
   memset(&ctx, 0, sizeof ctx);
   ctx.env = env;
   ctx.queue = queue;
+  ctx.reg = r->reg;
+  ctx.max_payload = r->cfg.max_payload;
+  ctx.signer = r->cfg.signer;
   ctx.retry_delay_ms = -1;
   int64_t limit = time_limit(r, t, env);
   slot_run_begins(r, e, t, env, limit);
@@ -186,6 +190,8 @@ static void run_handler(runner *r, const broker_entry *e, const worker_task *t,
   int rc = t->handler(&ctx, env->args, env->kwargs, &result);
   res->finished_at = celer_now_ms();
   slot_run_ends(r, res->finished_at - res->started_at);
+  /* Follow-ups go with a success only. */
+  task_ctx_finish(&ctx, res, rc == 0 && ctx.verdict == VERDICT_NONE);
   if (rc == 0 && ctx.verdict == VERDICT_NONE) {
     res->state = CELER_SUCCEEDED;
     res->result = result;
@@ -200,12 +206,12 @@ static void run_handler(runner *r, const broker_entry *e, const worker_task *t,
   int max_retries = env->max_retries >= 0 ? env->max_retries : t->max_retries;
   res->state = ctx.verdict == VERDICT_RETRY && env->attempt < max_retries ? CELER_RETRYING
                                                                            : CELER_FAILED;
-  snprintf(res->error_type, sizeof res->error_type, "%s", ctx.error_type);
+  celer_copy(res->error_type, sizeof res->error_type, ctx.error_type);
   if (ctx.verdict == VERDICT_RETRY && res->state == CELER_FAILED)
     celer_fmt(res->error_message, sizeof res->error_message, "%s (gave up after %lld retries)",
               ctx.error_message, (long long)env->attempt);
   else
-    snprintf(res->error_message, sizeof res->error_message, "%s", ctx.error_message);
+    celer_copy(res->error_message, sizeof res->error_message, ctx.error_message);
   if (res->state == CELER_RETRYING)
     res->retry_delay_ms =
         ctx.retry_delay_ms >= 0 ? ctx.retry_delay_ms : outcome_backoff(&t->backoff, env->attempt);
@@ -313,18 +319,23 @@ static int flush(runner *r) {
 }
 
 /* Queues a final outcome to be recorded with the rest of its batch; the
- * batch goes out when it is done, or sooner when this one has waited
- * RUNNER_FLUSH_MS (a slow batch must not hold finished results back). */
+ * batch goes out with the next fetch (record_and_fetch), or sooner when
+ * this one has waited RUNNER_FLUSH_MS (a slow batch must not hold finished
+ * results back). */
 static int finish(runner *r, const broker_entry *e, const char *queue, const char *id,
                   const celer_envelope *env, const run_result *res) {
+  /* A batch never holds more than the list has room for; this is a guard.
+   * A full list is otherwise left for the next fetch to record. */
+  int rc = r->npending == r->cap_pending ? flush(r) : 0;
+  if (rc != 0) return rc;
   pending_done *p = &r->pending[r->npending];
   outcome_sink sink = sink_of(r);
-  int rc = outcome_prepare(&sink, e, queue, id, env, res, &p->c);
+  rc = outcome_prepare(&sink, e, queue, id, env, res, &p->c);
   if (rc != 0) return rc;
-  snprintf(p->id, sizeof p->id, "%s", id);
-  snprintf(p->entry_id, sizeof p->entry_id, "%s", e->entry_id);
-  snprintf(p->task, sizeof p->task, "%s", env && env->task[0] ? env->task : "");
-  snprintf(p->error_type, sizeof p->error_type, "%s", res->error_type);
+  celer_copy(p->id, sizeof p->id, id);
+  celer_copy(p->entry_id, sizeof p->entry_id, e->entry_id);
+  celer_copy(p->task, sizeof p->task, env && env->task[0] ? env->task : "");
+  celer_copy(p->error_type, sizeof p->error_type, res->error_type);
   p->error_message = res->state == CELER_SUCCEEDED ? NULL : strdup(res->error_message);
   /* The completion borrows strings that must outlive the entry. */
   p->c.task_id = p->id;
@@ -335,9 +346,28 @@ static int finish(runner *r, const broker_entry *e, const char *queue, const cha
   p->attempt = env ? env->attempt : -1;
   p->duration_ms = res->started_at ? res->finished_at - res->started_at : -1;
   if (r->npending++ == 0) r->first_pending_mono = celer_mono_ms();
-  if (r->npending == r->cap_pending || celer_mono_ms() - r->first_pending_mono >= RUNNER_FLUSH_MS)
-    return flush(r);
+  if (celer_mono_ms() - r->first_pending_mono >= RUNNER_FLUSH_MS) return flush(r);
   return 0;
+}
+
+/* Judges e against the keyring (verify.h). Returns 0 when it may go on
+ * (vr->claims then holds a signed task's envelope), 1 when refused (res
+ * is the REJECTED outcome, counted by reason), or CELER_ENOMEM. A refusal
+ * is filed under the task id only once the signature held: a forged token
+ * cannot take the id, and so the record, of a real task. */
+static int verify_entry(runner *r, const broker_entry *e, const char *queue,
+                        char id[CELER_ID_MAX + 1], run_result *res, verify_result *vr) {
+  int rc = verify_task(r->cfg.keyring, e->payload, e->payload_len, queue, r->cfg.max_payload,
+                       celer_now_ms() / 1000, vr);
+  if (rc != 1) return rc;
+  if (vr->id[0]) strcpy(id, vr->id);
+  outcome_set(res, CELER_REJECTED, verify_error_type(vr->reason), "%s", vr->message);
+  if (r->slot) {
+    slot_write_begin(r->slot);
+    r->slot->counters.refused[vr->reason]++;
+    slot_write_end(r->slot);
+  }
+  return 1;
 }
 
 /* Decodes e into env and settles what can be settled before running:
@@ -351,14 +381,19 @@ static int triage(runner *r, const broker_entry *e, bool canceled, celer_envelop
   *parked = false;
   /* Until the envelope names a valid id, the record is filed under the
    * stream entry id, which has the same alphabet. */
-  snprintf(id, CELER_ID_MAX + 1, "%s", e->entry_id);
+  celer_copy(id, CELER_ID_MAX + 1, e->entry_id);
   if (e->problem) {
     outcome_set(res, CELER_REJECTED, "MalformedEntry", "%s", e->problem);
     return 0;
   }
+  verify_result vr = {0};
+  int vrc = r->cfg.keyring ? verify_entry(r, e, queue, id, res, &vr) : 0;
+  if (vrc != 0) return vrc < 0 ? vrc : 0;
   celer_envelope_error err;
-  int rc = celer_envelope_decode(e->payload, e->payload_len, r->cfg.max_payload, queue, env,
-                                 &err);
+  int rc = celer_envelope_decode(vr.claims ? vr.claims : e->payload,
+                                 vr.claims ? vr.claims_len : e->payload_len, r->cfg.max_payload,
+                                 queue, env, &err);
+  verify_result_clear(&vr);
   if (rc != 0) {
     char msg[sizeof err.field + sizeof err.message + 4];
     celer_envelope_error_format(&err, msg, sizeof msg);
@@ -433,7 +468,7 @@ static int handle_entry(runner *r, const broker_entry *e, bool canceled) {
     else
       rc = finish(r, e, queue, id, decoded ? &env : NULL, &res);
   }
-  json_decref(res.result);
+  run_result_clear(&res);
   celer_envelope_clear(&env);
   return rc;
 }
@@ -482,16 +517,29 @@ static size_t active_queues(runner *r) {
   return n;
 }
 
-/* Which fetched entries were canceled: one ZMSCORE per queue present.
- * Entries whose envelope cannot be read are never canceled. */
-static int check_canceled(runner *r, broker_entry *entries, size_t n, bool *canceled) {
+/* False when the fetch that brought the entries of queue q (an index into
+ * cfg.queues) saw that q has no cancellation marks at all. */
+static bool may_be_canceled(const runner *r, size_t q, size_t nactive) {
+  for (size_t j = 0; j < nactive; j++)
+    if (r->active[j] == r->cfg.queues[q]) return r->marks[j];
+  return true;
+}
+
+/* Which fetched entries were canceled: one ZMSCORE per queue present,
+ * skipped for queues the fetch found without marks (nactive > 0; 0 checks
+ * every queue). Entries whose envelope cannot be read are never canceled. */
+static int check_canceled(runner *r, broker_entry *entries, size_t n, bool *canceled,
+                          size_t nactive) {
   int rc = 0;
   for (size_t q = 0; rc == 0 && q < r->cfg.nqueues; q++) {
+    if (nactive > 0 && !may_be_canceled(r, q, nactive)) continue;
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
       if (entries[i].queue_index != q || canceled[i]) continue;
       if (quick_id(entries[i].payload, entries[i].payload_len, r->idbuf[k]) ||
-          salvage_id(entries[i].payload, entries[i].payload_len, r->idbuf[k])) {
+          salvage_id(entries[i].payload, entries[i].payload_len, r->idbuf[k]) ||
+          (r->cfg.keyring &&
+           verify_peek_id(entries[i].payload, entries[i].payload_len, r->idbuf[k]))) {
         r->ids[k] = r->idbuf[k];
         r->which[k++] = i;
       }
@@ -519,8 +567,8 @@ static void slot_hold(runner *r, const broker_entry *entries, size_t n) {
   size_t k = 0;
   for (size_t i = 0; i < n && k < RUNNER_PREFETCH_MAX; i++) {
     r->slot->held[k].queue_index = (uint32_t)entries[i].queue_index;
-    snprintf(r->slot->held[k].entry_id, sizeof r->slot->held[k].entry_id, "%s",
-             entries[i].entry_id);
+    celer_copy(r->slot->held[k].entry_id, sizeof r->slot->held[k].entry_id,
+               entries[i].entry_id);
     k++;
   }
   r->slot->nheld = (uint32_t)k;
@@ -567,6 +615,36 @@ static void hand_back(runner *r, const broker_entry *entries, size_t n) {
   }
 }
 
+/* True when every pending outcome is of one queue: one script call. */
+static bool one_queue_pending(const runner *r) {
+  for (size_t i = 1; i < r->npending; i++)
+    if (r->pending[i].queue_index != r->pending[0].queue_index) return false;
+  return r->npending > 0;
+}
+
+/* Records the pending outcomes and takes the next entries, in one round
+ * trip when the outcomes are of one queue (broker_complete_fetch): with
+ * prefetch 1 this halves the round trips per task. On a broker error the
+ * outcomes count as unrecorded, as in flush(). */
+static int record_and_fetch(runner *r, size_t nactive, broker_entry **entries, size_t *n) {
+  if (!one_queue_pending(r)) {
+    int rc = r->npending > 0 ? flush(r) : 0;
+    return rc ? rc : broker_fetch(r->conn, r->active, nactive, r->cfg.consumer, r->cfg.prefetch,
+                                  RUNNER_MAX_BLOCK_MS, entries, n, r->marks);
+  }
+  size_t k = r->npending;
+  for (size_t i = 0; i < k; i++) r->batch[i] = r->pending[i].c;
+  int rc = broker_complete_fetch(r->conn, r->batch, k, r->outcomes, r->active, nactive,
+                                 r->cfg.consumer, r->cfg.prefetch, RUNNER_MAX_BLOCK_MS, entries,
+                                 n, r->marks);
+  /* Counted and logged only when both answered; after an error they may
+   * or may not be recorded, and their tasks come back by lease if not. */
+  for (size_t i = 0; rc == 0 && i < k; i++) account(r, &r->pending[i], r->outcomes[i]);
+  for (size_t i = 0; i < k; i++) pending_clear(&r->pending[i]);
+  r->npending = 0;
+  return rc;
+}
+
 int runner_step(runner *r) {
   size_t nactive = active_queues(r);
   if (r->conn->ctx == NULL && broker_ensure(r->conn) != 0) return CELER_ECONNECT;
@@ -578,14 +656,14 @@ int runner_step(runner *r) {
       r->slot->run.last_fetch_mono = celer_mono_ms();
       slot_write_end(r->slot);
     }
+    if (r->npending > 0) return flush(r);
     struct timespec ts = {0, RUNNER_PAUSE_CHECK_MS * 1000000L};
     nanosleep(&ts, NULL);
     return 0;
   }
   broker_entry *entries = NULL;
   size_t n = 0;
-  int rc = broker_fetch(r->conn, r->active, nactive, r->cfg.consumer, r->cfg.prefetch,
-                        RUNNER_MAX_BLOCK_MS, &entries, &n);
+  int rc = record_and_fetch(r, nactive, &entries, &n);
   if (rc == 0 && r->slot) {
     slot_write_begin(r->slot);
     r->slot->run.last_fetch_mono = celer_mono_ms();
@@ -603,14 +681,14 @@ int runner_step(runner *r) {
   slot_hold(r, entries, n);
   bool *canceled = r->canceled;
   memset(canceled, 0, n * sizeof *canceled);
-  rc = check_canceled(r, entries, n, canceled);
+  rc = check_canceled(r, entries, n, canceled, nactive);
   int64_t checked = celer_mono_ms();
   size_t i = 0;
   for (; i < n && rc == 0; i++) {
     if (i > 0 && should_stop(r)) break;
     if (celer_mono_ms() - checked > RUNNER_CANCEL_RECHECK_MS) {
       /* The rest of the batch waited: look again before running it. */
-      rc = check_canceled(r, entries + i, n - i, canceled + i);
+      rc = check_canceled(r, entries + i, n - i, canceled + i, 0);
       checked = celer_mono_ms();
     }
     /* A finished result waits for its batch, but not past the start of a
@@ -621,9 +699,12 @@ int runner_step(runner *r) {
     if (rc == 0) rc = handle_entry(r, &entries[i], canceled[i]);
     if (rc == 0) r->handled++;
   }
-  if (rc == 0 && r->npending > 0) rc = flush(r);
+  /* Outcomes of one queue ride with the next fetch (record_and_fetch),
+   * which follows at once; others are recorded now. */
+  if (rc == 0 && r->npending > 0 && !one_queue_pending(r)) rc = flush(r);
   if (rc == 0 && r->slot) {
-    /* Recorded (or rescheduled) up to i; the rest is handed back below. */
+    /* Recorded, rescheduled, or about to be recorded with the next fetch
+     * up to i; the rest is handed back below. */
     slot_write_begin(r->slot);
     r->slot->nheld = 0;
     slot_write_end(r->slot);
@@ -666,5 +747,9 @@ int runner_loop(runner *r) {
     }
     pause = pause * 2 > RUNNER_RECONNECT_MAX_MS ? RUNNER_RECONNECT_MAX_MS : pause * 2;
   }
+  /* Outcomes left waiting for a next fetch that will not come. */
+  if (r->npending > 0 && flush(r) != 0)
+    celer_warn("recording the last outcomes: %s (their tasks run again after the lease)",
+               r->conn->errstr);
   return 0;
 }

@@ -16,6 +16,7 @@
 #include "broker/broker.h"
 #include "celer/envelope.h"
 #include "celer/task.h"
+#include "worker/verify.h"
 
 /* ---- registry.c ---- */
 /* Retries a task gets when neither its registration nor its envelope says:
@@ -43,6 +44,7 @@ typedef struct worker_task {
   int64_t timeout_ms;    /* 0 = none */
   worker_backoff backoff;
   const char *module;    /* borrowed: the module's name */
+  char queue[CELER_QUEUE_NAME_MAX + 1]; /* follow-ups' default queue; "" = none */
 } worker_task;
 
 struct celer_registry {
@@ -82,6 +84,11 @@ typedef enum task_verdict {
 struct celer_task_ctx {
   const celer_envelope *env;   /* borrowed for the run */
   const char *queue;
+  const celer_registry *reg;   /* borrowed: follow-ups' default queues */
+  size_t max_payload;          /* follow-up envelope limit; 0 = default */
+  const struct client_signer *signer; /* borrowed; NULL = follow-ups unsigned */
+  broker_push *followups;      /* owned: celer_task_enqueue's envelopes */
+  size_t nfollowups, followups_bytes;
   int64_t deadline_ms;         /* wall clock; 0 = none */
   task_verdict verdict;
   int64_t retry_delay_ms;      /* < 0: the backoff decides */
@@ -99,7 +106,19 @@ typedef struct run_result {
   int64_t started_at, finished_at;
   int64_t retry_delay_ms;                /* RETRYING: < 0 = backoff */
   int64_t next_run_at;                   /* RETRYING: when it runs again */
+  broker_push *followups;                /* owned; SUCCEEDED only */
+  size_t nfollowups;
 } run_result;
+
+/* Ends a run's context: on success its follow-ups move to res, otherwise
+ * they are dropped. ctx owns nothing afterwards. (task_api.c) */
+void task_ctx_finish(celer_task_ctx *ctx, run_result *res, bool succeeded);
+/* Frees n follow-ups (their queue and envelope strings, then the array). */
+void followups_free(broker_push *f, size_t n);
+/* Releases what res owns (result, follow-ups). */
+void run_result_clear(run_result *res);
+/* Frees what a completion built by outcome_prepare owns. */
+void outcome_completion_free(broker_completion *c);
 
 /* Sets state and the error sentence of res. */
 void outcome_set(run_result *res, celer_state st, const char *type, const char *fmt, ...)
@@ -118,10 +137,11 @@ typedef struct outcome_sink {
 int outcome_encode(const outcome_sink *s, const broker_entry *e, const char *queue,
                    const char *id, const celer_envelope *env, const run_result *res,
                    char **json, size_t *len);
-/* Builds the completion of a run into *c: its record and, for FAILED and
- * REJECTED tasks, the dead-set entry with the envelope (both malloc'd: the
- * caller frees c->record and c->dead_entry). Strings of e, queue and id
- * are borrowed by c. */
+/* Builds the completion of a run into *c: its record, for FAILED and
+ * REJECTED tasks the dead-set entry with the envelope, and for SUCCEEDED
+ * runs a copy of their follow-ups (all owned by c: the caller releases
+ * them with outcome_completion_free). Strings of e, queue and id are
+ * borrowed by c. */
 int outcome_prepare(const outcome_sink *s, const broker_entry *e, const char *queue,
                     const char *id, const celer_envelope *env, const run_result *res,
                     broker_completion *c);
@@ -190,6 +210,7 @@ typedef struct slot_counters {
   uint64_t duration_count;
   double duration_sum_s;
   uint64_t stale, duplicates, reconnects;
+  uint64_t refused[VERIFY_REASON_COUNT]; /* signed-task refusals by reason */
 } slot_counters;
 
 typedef struct worker_slot {
@@ -360,6 +381,8 @@ typedef struct runner_config {
   int64_t max_rss_kb;         /* exit when resident size passes it; 0 = never */
   int64_t result_ttl_ms;
   size_t max_payload;
+  const celer_keyring *keyring; /* borrowed; NULL = tasks are not verified */
+  const struct client_signer *signer; /* borrowed; signs follow-ups; NULL = unsigned */
 } runner_config;
 
 
@@ -396,6 +419,7 @@ typedef struct runner {
   /* Scratch for one batch, allocated with the runner so that the hot path
    * allocates nothing: */
   bool *canceled, *got;
+  bool *marks;                       /* per active queue: has cancel marks */
   const char **ids;
   size_t *which;
   char (*idbuf)[CELER_ID_MAX + 1];
@@ -465,6 +489,8 @@ typedef struct worker_config {
   broker_url url;
   char ns[CELER_NAMESPACE_MAX + 1];
   int64_t result_ttl_ms, max_payload, dead_max, dead_ttl_ms;
+  celer_keyring *keyring;      /* owned; NULL = no verification (verify.h) */
+  struct client_signer *signer; /* owned; the signing variables, for follow-ups */
 } worker_config;
 
 /* Runs the worker until it is told to stop; returns the exit code. */

@@ -10,14 +10,18 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The final state of the record stored at key, or nil when there is no
--- record or it is not final.
-local function final_state(key)
-  local current = redis.call('GET', key)
-  if not current then return nil end
-  local ok, rec = pcall(cjson.decode, current)
+-- The final state of a record's text, or nil when there is no record
+-- (false, as Redis gives a missing value) or it is not final.
+local function final_of(text)
+  if not text then return nil end
+  local ok, rec = pcall(cjson.decode, text)
   if ok and type(rec) == 'table' and FINAL[rec.state] then return rec.state end
   return nil
+end
+
+-- The final state of the record stored at key, or nil.
+local function final_state(key)
+  return final_of(redis.call('GET', key))
 end
 
 -- True while entry id is pending for consumer: the consumer holds the
