@@ -12,6 +12,7 @@
  * something we would accept, and emits compact JSON with a fixed field
  * order (stable output makes logs and tests easy to compare). */
 #include "celer/envelope.h"
+#include "broker/internal.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -34,9 +35,6 @@
 #define ASCII_MAX 0x7F
 #define ASCII_PRINTABLE_FIRST 0x20
 #define ASCII_DEL 0x7F
-#define UNICODE_MAX 0x10FFFF
-#define SURROGATE_FIRST 0xD800
-#define SURROGATE_LAST 0xDFFF
 /* Size of celer_envelope_error.field, for building a field name first. */
 #define ERROR_FIELD_LEN sizeof(((celer_envelope_error *)0)->field)
 /* Bytes an escape such as \xFF takes in a made-printable string. */
@@ -91,62 +89,6 @@ static void make_printable(char *dst, size_t size, const char *src, size_t len) 
   dst[o] = '\0';
 }
 
-/* Decodes one UTF-8 sequence at s; returns its length, or 0 when the bytes
- * are not well-formed UTF-8 (overlong forms and surrogates included). */
-static size_t utf8_decode(const unsigned char *s, size_t len, uint32_t *out) {
-  unsigned char c = s[0];
-  size_t n;
-  uint32_t cp;
-  uint32_t min;
-  if (c <= ASCII_MAX) {
-    *out = c;
-    return 1;
-  }
-  if (c >= 0xC2 && c <= 0xDF) {
-    n = 2;
-    cp = c & 0x1Fu;
-    min = 0x80;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    n = 3;
-    cp = c & 0x0Fu;
-    min = 0x800;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    n = 4;
-    cp = c & 0x07u;
-    min = 0x10000;
-  } else {
-    return 0;
-  }
-  if (len < n) {
-    return 0;
-  }
-  for (size_t i = 1; i < n; i++) {
-    if ((s[i] & 0xC0u) != 0x80u) {
-      return 0;
-    }
-    cp = (cp << 6) | (s[i] & 0x3Fu);
-  }
-  if (cp < min || cp > UNICODE_MAX || (cp >= SURROGATE_FIRST && cp <= SURROGATE_LAST)) {
-    return 0;
-  }
-  *out = cp;
-  return n;
-}
-
-static bool utf8_valid(const char *s, size_t len) {
-  const unsigned char *p = (const unsigned char *)s;
-  size_t i = 0;
-  while (i < len) {
-    uint32_t cp;
-    size_t n = utf8_decode(p + i, len - i, &cp);
-    if (n == 0) {
-      return false;
-    }
-    i += n;
-  }
-  return true;
-}
-
 /* Names the character at s[at] for a message without echoing anything
  * unprintable: "'{'", "a space", "the control character U+0001",
  * "the non-ASCII character U+00E9", "the byte 0xFF (not UTF-8)". */
@@ -162,7 +104,7 @@ static void describe_char(const char *s, size_t len, size_t at, char *buf, size_
     snprintf(buf, size, "the control character U+%04X", (unsigned)c);
   } else if (c <= ASCII_MAX) {
     snprintf(buf, size, "'%c'", c);
-  } else if (utf8_decode(p + at, len - at, &cp) > 0) {
+  } else if (broker_utf8_decode(p + at, len - at, &cp) > 0) {
     snprintf(buf, size, "the non-ASCII character U+%04" PRIX32, cp);
   } else {
     snprintf(buf, size, "the byte 0x%02X (not UTF-8)", (unsigned)c);
@@ -751,7 +693,7 @@ static int check_struct(const celer_envelope *env, celer_envelope_error *err) {
       set_error(err, "origin", "must be at most %d bytes, got %zu", CELER_ORIGIN_MAX, len);
       return CELER_EINVAL;
     }
-    if (!utf8_valid(env->origin, len)) {
+    if (!broker_utf8_valid(env->origin, len)) {
       set_error(err, "origin", "must be valid UTF-8");
       return CELER_EINVAL;
     }
@@ -759,51 +701,47 @@ static int check_struct(const celer_envelope *env, celer_envelope_error *err) {
   return CELER_OK;
 }
 
-/* Adds a new value (reference stolen; NULL = allocation failed). */
-static bool put_new(json_t *obj, const char *key, json_t *value) {
-  return json_object_set_new(obj, key, value) == 0;
+/* Appends ,"key":v when present. */
+static void put_optional_int(broker_jbuf *b, const char *key, int64_t v, bool present) {
+  if (!present) return;
+  BROKER_JBUF_LIT(b, ",\"");
+  broker_jbuf_put(b, key, strlen(key));
+  BROKER_JBUF_LIT(b, "\":");
+  broker_jbuf_int(b, v);
 }
 
-/* Adds a borrowed value (a new reference is taken; the caller keeps its). */
-static bool put_borrowed(json_t *obj, const char *key, json_t *value) {
-  return json_object_set(obj, key, value) == 0;
-}
-
-static bool put_container(json_t *obj, const char *key, json_t *value, json_type type) {
-  if (value) {
-    return put_borrowed(obj, key, value);
+/* Writes the envelope in the contract's field order (check_struct has
+ * passed: every string is valid UTF-8 and within its limits). */
+static char *write_envelope(const celer_envelope *env, size_t *len) {
+  broker_jbuf b = {NULL, 0, 0, false};
+  BROKER_JBUF_LIT(&b, "{\"id\":");
+  broker_jbuf_string(&b, env->id);
+  BROKER_JBUF_LIT(&b, ",\"task\":");
+  broker_jbuf_string(&b, env->task);
+  BROKER_JBUF_LIT(&b, ",\"queue\":");
+  broker_jbuf_string(&b, env->queue);
+  BROKER_JBUF_LIT(&b, ",\"args\":");
+  if (env->args) broker_jbuf_json(&b, env->args);
+  else BROKER_JBUF_LIT(&b, "[]");
+  BROKER_JBUF_LIT(&b, ",\"kwargs\":");
+  if (env->kwargs) broker_jbuf_json(&b, env->kwargs);
+  else BROKER_JBUF_LIT(&b, "{}");
+  put_optional_int(&b, "eta", env->eta, env->eta != 0);
+  put_optional_int(&b, "expires", env->expires, env->expires != 0);
+  put_optional_int(&b, "max_retries", env->max_retries, env->max_retries != -1);
+  put_optional_int(&b, "timeout_ms", env->timeout_ms, env->timeout_ms != 0);
+  put_optional_int(&b, "enqueued_at", env->enqueued_at, env->enqueued_at != 0);
+  if (env->origin) {
+    BROKER_JBUF_LIT(&b, ",\"origin\":");
+    broker_jbuf_string(&b, env->origin);
   }
-  return put_new(obj, key, type == JSON_ARRAY ? json_array() : json_object());
-}
-
-static bool put_optional_int(json_t *obj, const char *key, int64_t v, bool present) {
-  return !present || put_new(obj, key, json_integer((json_int_t)v));
-}
-
-/* Builds the envelope object in the contract's field order. */
-static json_t *build_object(const celer_envelope *env) {
-  json_t *obj = json_object();
-  if (!obj) {
-    return NULL;
+  if (env->meta) {
+    BROKER_JBUF_LIT(&b, ",\"meta\":");
+    broker_jbuf_json(&b, env->meta);
   }
-  bool ok = put_new(obj, "id", json_string(env->id)) &&
-            put_new(obj, "task", json_string(env->task)) &&
-            put_new(obj, "queue", json_string(env->queue)) &&
-            put_container(obj, "args", env->args, JSON_ARRAY) &&
-            put_container(obj, "kwargs", env->kwargs, JSON_OBJECT) &&
-            put_optional_int(obj, "eta", env->eta, env->eta != 0) &&
-            put_optional_int(obj, "expires", env->expires, env->expires != 0) &&
-            put_optional_int(obj, "max_retries", env->max_retries, env->max_retries != -1) &&
-            put_optional_int(obj, "timeout_ms", env->timeout_ms, env->timeout_ms != 0) &&
-            put_optional_int(obj, "enqueued_at", env->enqueued_at, env->enqueued_at != 0) &&
-            (!env->origin || put_new(obj, "origin", json_string(env->origin))) &&
-            (!env->meta || put_borrowed(obj, "meta", env->meta)) &&
-            put_optional_int(obj, "attempt", env->attempt, env->attempt > 0);
-  if (!ok) {
-    json_decref(obj);
-    return NULL;
-  }
-  return obj;
+  put_optional_int(&b, "attempt", env->attempt, env->attempt > 0);
+  BROKER_JBUF_LIT(&b, "}");
+  return broker_jbuf_finish(&b, len);
 }
 
 CELER_API int celer_envelope_encode(const celer_envelope *env, size_t max_payload, char **out,
@@ -826,14 +764,12 @@ CELER_API int celer_envelope_encode(const celer_envelope *env, size_t max_payloa
   if (rc != CELER_OK) {
     return rc;
   }
-  json_t *obj = build_object(env);
-  char *text = obj ? json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-  json_decref(obj);
+  size_t len = 0;
+  char *text = write_envelope(env, &len);
   if (!text) {
     set_error(err, "", "out of memory while encoding the envelope");
     return CELER_ENOMEM;
   }
-  size_t len = strlen(text);
   if (len > max_payload) {
     free(text);
     set_error(err, "",

@@ -49,6 +49,33 @@ int broker_eval_append(broker_conn *b, broker_script s, int nkeys, const char **
  * lost the script (it is loaded again on next use: call again). */
 redisReply *broker_eval_reply(broker_conn *b, int *code, broker_script s, bool *noscript);
 
+/* ---- jsonw.c: JSON text written straight into a buffer ---- */
+/* Length of the well-formed UTF-8 sequence at s (len bytes available), its
+ * code point in *out; 0 when it is not one (overlong forms, surrogates and
+ * code points past U+10FFFF included). */
+size_t broker_utf8_decode(const unsigned char *s, size_t len, uint32_t *out);
+bool broker_utf8_valid(const char *s, size_t len);
+/* A growing JSON text; zero-initialise it. After an allocation failure
+ * every write is ignored and broker_jbuf_finish returns NULL. */
+typedef struct broker_jbuf {
+  char *s;
+  size_t len, cap;
+  bool failed;
+} broker_jbuf;
+/* Appends n raw bytes (punctuation, keys written by the caller). */
+void broker_jbuf_put(broker_jbuf *b, const char *s, size_t n);
+#define BROKER_JBUF_LIT(b, lit) broker_jbuf_put((b), (lit), sizeof(lit) - 1)
+/* Appends s as a JSON string (NULL: null). A string that is not valid
+ * UTF-8 (hostile input, a handler's message) is written with each of its
+ * non-ASCII bytes as '?' rather than failing the document. */
+void broker_jbuf_string(broker_jbuf *b, const char *s);
+void broker_jbuf_int(broker_jbuf *b, int64_t v);
+/* Appends a jansson value (borrowed; NULL: null) in compact form. */
+void broker_jbuf_json(broker_jbuf *b, const json_t *v);
+/* The text (caller frees) and its length, or NULL when memory ran out;
+ * either way b no longer owns anything. */
+char *broker_jbuf_finish(broker_jbuf *b, size_t *len);
+
 /* Embedded script sources (generated from broker/lua/ at build time). */
 extern const char celer_lua_lib[];
 extern const char celer_lua_complete[];

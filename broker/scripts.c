@@ -56,42 +56,12 @@ static int load_script(broker_conn *b, broker_script s) {
 
 void *broker_eval(broker_conn *b, int *code, broker_script s, int nkeys,
                   const char **argv, const size_t *argvlen, int argc) {
-  const char *full[SCRIPT_ARGC_MAX + 3];
-  size_t fulllen[SCRIPT_ARGC_MAX + 3];
-  char nk[16];
-  if (argc > SCRIPT_ARGC_MAX) {
-    *code = broker_fail(b, CELER_EINVAL, "too many script arguments (%d)", argc);
-    return NULL;
-  }
-  snprintf(nk, sizeof nk, "%d", nkeys);
   for (int attempt = 0; attempt < 2; attempt++) {
-    /* A reconnect clears the shas, so check after ensure, not before. */
-    if ((*code = broker_ensure(b)) != 0) return NULL;
-    if (b->scripts_sha[s][0] == '\0' && (*code = load_script(b, s)) != 0) return NULL;
-    full[0] = "EVALSHA";
-    fulllen[0] = 7;
-    full[1] = b->scripts_sha[s];
-    fulllen[1] = 40;
-    full[2] = nk;
-    fulllen[2] = strlen(nk);
-    for (int i = 0; i < argc; i++) {
-      full[3 + i] = argv[i];
-      fulllen[3 + i] = argvlen ? argvlen[i] : strlen(argv[i]);
-    }
-    redisReply *r = broker_command(b, code, argc + 3, full, fulllen);
-    if (r == NULL) return NULL;
-    if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0) {
-      freeReplyObject(r);
-      b->scripts_sha[s][0] = '\0';
-      continue;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-      *code = broker_fail(b, CELER_ESCRIPT, "the %s script failed: %s", script_name(s),
-                          r->str);
-      freeReplyObject(r);
-      return NULL;
-    }
-    return r;
+    /* broker_eval_append loads the script after any reconnect. */
+    if ((*code = broker_eval_append(b, s, nkeys, argv, argvlen, argc)) != 0) return NULL;
+    bool noscript = false;
+    redisReply *r = broker_eval_reply(b, code, s, &noscript);
+    if (r != NULL || !noscript) return r;
   }
   *code = broker_fail(b, CELER_ESCRIPT, "the %s script keeps disappearing from the broker",
                       script_name(s));

@@ -189,7 +189,7 @@ static int build(celer_client *c, const char *task, const json_t *args,
     if (strlen(opts->id) > CELER_ID_MAX || !celer_valid_id(opts->id))
       return client_fail(c, CELER_EINVAL, "id: must be 1 to %d characters from [A-Za-z0-9_-]",
                   CELER_ID_MAX);
-    snprintf(env.id, sizeof env.id, "%s", opts->id);
+    celer_copy(env.id, sizeof env.id, opts->id);
   } else if (celer_uuid4(env.id) != 0) {
     return client_fail(c, CELER_EIO, "cannot read the kernel's random source for a task id");
   }
@@ -198,8 +198,8 @@ static int build(celer_client *c, const char *task, const json_t *args,
     return client_fail(c, CELER_EINVAL, "task: longer than %d characters", CELER_TASK_NAME_MAX);
   if (strlen(queue) > CELER_QUEUE_NAME_MAX)
     return client_fail(c, CELER_EINVAL, "queue: longer than %d characters", CELER_QUEUE_NAME_MAX);
-  snprintf(env.task, sizeof env.task, "%s", task);
-  snprintf(env.queue, sizeof env.queue, "%s", queue);
+  celer_copy(env.task, sizeof env.task, task);
+  celer_copy(env.queue, sizeof env.queue, queue);
   /* The envelope borrows the caller's values; they are detached again
    * below instead of being released by celer_envelope_clear. */
   env.args = args ? (json_t *)args : json_array();

@@ -359,3 +359,29 @@ pid_t harness_worker(const harness_redis *r, const char *const *extra_args,
   argv[n] = NULL;
   return harness_spawn(argv, NULL, NULL, log_path);
 }
+
+int harness_log_is_clean(const char *path) {
+  const char *count[] = {"grep", "-c", "-e", "ERROR: [A-Za-z]*Sanitizer", "-e",
+                         "runtime error:", path, NULL};
+  char *out = NULL;
+  harness_run(count, NULL, NULL, 0, &out, NULL, HARNESS_DEADLINE_MS);
+  int clean = out && atoi(out) == 0;
+  free(out);
+  if (!clean) {
+    const char *show[] = {"grep", "-A", "16", "-e", "ERROR: [A-Za-z]*Sanitizer", "-e",
+                          "runtime error:", path, NULL};
+    out = NULL;
+    harness_run(show, NULL, NULL, 0, &out, NULL, HARNESS_DEADLINE_MS);
+    fprintf(stderr, "sanitizer reports in %s:\n%s\n", path, out ? out : "");
+    free(out);
+  }
+  return clean;
+}
+
+void harness_dump_log(const char *path) {
+  const char *argv[] = {"cat", path, NULL};
+  char *out = NULL;
+  harness_run(argv, NULL, NULL, 0, &out, NULL, HARNESS_DEADLINE_MS);
+  fprintf(stderr, "worker log:\n%s\n", out ? out : "");
+  free(out);
+}

@@ -69,6 +69,14 @@ int harness_cli(const harness_redis *r, const char *const *args, char **out);
 pid_t harness_worker(const harness_redis *r, const char *const *extra_args,
                      const char *log_path);
 
+/* 1 when the worker log at path holds no sanitizer report (children
+ * report when they exit, which does not change the worker's exit code),
+ * else 0 after printing the reports. LSan's own "has encountered a fatal
+ * error" (it could not stop the threads to scan them) is not a finding. */
+int harness_log_is_clean(const char *path);
+/* Prints the file at path (a worker log) to stderr, for a failing test. */
+void harness_dump_log(const char *path);
+
 /* A loopback port nobody listens on right now, from the kernel. */
 int harness_free_port(void);
 

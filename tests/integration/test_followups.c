@@ -23,29 +23,6 @@ typedef struct suite {
   char log[PATH_MAX];
 } suite;
 
-
-/* Fails when the worker's log holds a sanitizer report (children report
- * when they exit, which does not change the worker's exit code). LSan's
- * own "has encountered a fatal error" (it could not stop the process's
- * threads to scan them) is not a finding and is not matched. */
-static int log_is_clean(const char *log) {
-  const char *argv[] = {"grep", "-c", "-e", "ERROR: [A-Za-z]*Sanitizer", "-e",
-                        "runtime error:", log, NULL};
-  char *out = NULL;
-  harness_run(argv, NULL, NULL, 0, &out, NULL, HARNESS_DEADLINE_MS);
-  int clean = out && atoi(out) == 0;
-  free(out);
-  if (!clean) {
-    const char *show[] = {"grep", "-A", "16", "-e", "ERROR: [A-Za-z]*Sanitizer", "-e",
-                          "runtime error:", log, NULL};
-    out = NULL;
-    harness_run(show, NULL, NULL, 0, &out, NULL, HARNESS_DEADLINE_MS);
-    print_error("sanitizer reports in %s:\n%s\n", log, out ? out : "");
-    free(out);
-  }
-  return clean;
-}
-
 static void stop_worker(suite *s) {
   if (s->worker <= 0) return;
   int status = harness_stop(s->worker, SIGTERM, HARNESS_DEADLINE_MS);
@@ -59,7 +36,7 @@ static void stop_worker(suite *s) {
   }
   assert_true(WIFEXITED(status));
   assert_int_equal(WEXITSTATUS(status), 0);
-  assert_true(log_is_clean(s->log));
+  assert_true(harness_log_is_clean(s->log));
 }
 
 static int group_setup(void **state) {

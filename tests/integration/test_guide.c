@@ -61,29 +61,6 @@ static int extract_example(const char *doc, const char *path) {
   return rc;
 }
 
-
-/* Fails when the worker's log holds a sanitizer report (children report
- * when they exit, which does not change the worker's exit code). LSan's
- * own "has encountered a fatal error" (it could not stop the process's
- * threads to scan them) is not a finding and is not matched. */
-static int log_is_clean(const char *log) {
-  const char *argv[] = {"grep", "-c", "-e", "ERROR: [A-Za-z]*Sanitizer", "-e",
-                        "runtime error:", log, NULL};
-  char *out = NULL;
-  harness_run(argv, NULL, NULL, 0, &out, NULL, HARNESS_DEADLINE_MS);
-  int clean = out && atoi(out) == 0;
-  free(out);
-  if (!clean) {
-    const char *show[] = {"grep", "-A", "16", "-e", "ERROR: [A-Za-z]*Sanitizer", "-e",
-                          "runtime error:", log, NULL};
-    out = NULL;
-    harness_run(show, NULL, NULL, 0, &out, NULL, HARNESS_DEADLINE_MS);
-    print_error("sanitizer reports in %s:\n%s\n", log, out ? out : "");
-    free(out);
-  }
-  return clean;
-}
-
 /* Builds the guide's module and starts Redis and a worker running it. */
 static int start_suite(suite *s) {
   if (harness_tmpdir(s->dir, sizeof s->dir) != 0) return -1;
@@ -126,7 +103,7 @@ static int group_setup(void **state) {
 static int group_teardown(void **state) {
   suite *s = *state;
   int status = harness_stop(s->worker, SIGTERM, HARNESS_DEADLINE_MS);
-  bool clean = log_is_clean(s->log);
+  bool clean = harness_log_is_clean(s->log);
   celer_client_free(s->client);
   harness_redis_stop(&s->redis);
   harness_rmtree(s->dir);

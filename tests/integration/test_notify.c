@@ -31,37 +31,6 @@ typedef struct suite {
   char url[128];
 } suite;
 
-static void dump_log(const suite *s) {
-  const char *argv[] = {"cat", s->log, NULL};
-  char *out = NULL;
-  harness_run(argv, NULL, NULL, 0, &out, NULL, HARNESS_DEADLINE_MS);
-  print_error("worker log:\n%s\n", out ? out : "");
-  free(out);
-}
-
-
-/* Fails when the worker's log holds a sanitizer report (children report
- * when they exit, which does not change the worker's exit code). LSan's
- * own "has encountered a fatal error" (it could not stop the process's
- * threads to scan them) is not a finding and is not matched. */
-static int log_is_clean(const char *log) {
-  const char *argv[] = {"grep", "-c", "-e", "ERROR: [A-Za-z]*Sanitizer", "-e",
-                        "runtime error:", log, NULL};
-  char *out = NULL;
-  harness_run(argv, NULL, NULL, 0, &out, NULL, HARNESS_DEADLINE_MS);
-  int clean = out && atoi(out) == 0;
-  free(out);
-  if (!clean) {
-    const char *show[] = {"grep", "-A", "16", "-e", "ERROR: [A-Za-z]*Sanitizer", "-e",
-                          "runtime error:", log, NULL};
-    out = NULL;
-    harness_run(show, NULL, NULL, 0, &out, NULL, HARNESS_DEADLINE_MS);
-    print_error("sanitizer reports in %s:\n%s\n", log, out ? out : "");
-    free(out);
-  }
-  return clean;
-}
-
 static int group_setup(void **state) {
   suite *s = calloc(1, sizeof *s);
   if (s == NULL || harness_redis_start(&s->redis, false, NULL) != 0) return -1;
@@ -84,8 +53,8 @@ static int group_setup(void **state) {
 static int group_teardown(void **state) {
   suite *s = *state;
   int status = harness_stop(s->worker, SIGTERM, HARNESS_DEADLINE_MS);
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) dump_log(s);
-  bool clean = log_is_clean(s->log);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) harness_dump_log(s->log);
+  bool clean = harness_log_is_clean(s->log);
   httpd_stop(s->http);
   celer_client_free(s->client);
   harness_redis_stop(&s->redis);
@@ -116,7 +85,7 @@ static json_t *send_to(suite *s, const char *url, int max_retries, int64_t timeo
   json_decref(kw);
   json_t *rec = NULL;
   if (celer_wait(s->client, NULL, id, HARNESS_DEADLINE_MS, &rec) != 0) {
-    dump_log(s);
+    harness_dump_log(s->log);
     fail_msg("waiting for %s: %s", id, celer_client_errstr(s->client));
   }
   return rec;

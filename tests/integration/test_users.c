@@ -29,45 +29,14 @@ typedef struct suite {
   int n;  /* tests run: each gets its own database file */
 } suite;
 
-static void dump_log(const suite *s) {
-  const char *argv[] = {"cat", s->log, NULL};
-  char *out = NULL;
-  harness_run(argv, NULL, NULL, 0, &out, NULL, HARNESS_DEADLINE_MS);
-  print_error("worker log:\n%s\n", out ? out : "");
-  free(out);
-}
-
-
-/* Fails when the worker's log holds a sanitizer report (children report
- * when they exit, which does not change the worker's exit code). LSan's
- * own "has encountered a fatal error" (it could not stop the process's
- * threads to scan them) is not a finding and is not matched. */
-static int log_is_clean(const char *log) {
-  const char *argv[] = {"grep", "-c", "-e", "ERROR: [A-Za-z]*Sanitizer", "-e",
-                        "runtime error:", log, NULL};
-  char *out = NULL;
-  harness_run(argv, NULL, NULL, 0, &out, NULL, HARNESS_DEADLINE_MS);
-  int clean = out && atoi(out) == 0;
-  free(out);
-  if (!clean) {
-    const char *show[] = {"grep", "-A", "16", "-e", "ERROR: [A-Za-z]*Sanitizer", "-e",
-                          "runtime error:", log, NULL};
-    out = NULL;
-    harness_run(show, NULL, NULL, 0, &out, NULL, HARNESS_DEADLINE_MS);
-    print_error("sanitizer reports in %s:\n%s\n", log, out ? out : "");
-    free(out);
-  }
-  return clean;
-}
-
 static void stop_worker(suite *s) {
   if (s->worker <= 0) return;
   int status = harness_stop(s->worker, SIGTERM, HARNESS_DEADLINE_MS);
   s->worker = 0;
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) dump_log(s);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) harness_dump_log(s->log);
   assert_true(WIFEXITED(status));
   assert_int_equal(WEXITSTATUS(status), 0);
-  assert_true(log_is_clean(s->log));
+  assert_true(harness_log_is_clean(s->log));
 }
 
 static void start_worker(suite *s, const char *concurrency) {
@@ -131,7 +100,7 @@ static json_t *run(suite *s, const char *task, const char *kwargs, const char *q
   json_decref(kw);
   json_t *rec = NULL;
   if (celer_wait(s->client, queue, got, HARNESS_DEADLINE_MS, &rec) != 0) {
-    dump_log(s);
+    harness_dump_log(s->log);
     fail_msg("waiting for %s: %s", got, celer_client_errstr(s->client));
   }
   return rec;

@@ -1,7 +1,8 @@
-/* Unit tests of the record writer (broker/record.c): the exact bytes of a
- * record, and for hostile strings (quotes, control bytes, invalid UTF-8 of
- * every kind) that jansson reads the record back to the same values, or to
- * '?' for each non-ASCII byte of a string that is not valid UTF-8. */
+/* Unit tests of the record writer (broker/record.c on broker/jsonw.c):
+ * the exact bytes of a record, and for hostile strings (quotes, control
+ * bytes, invalid UTF-8 of every kind) that jansson reads the record back to
+ * the same values, or to '?' for each non-ASCII byte of a string that is
+ * not valid UTF-8. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -135,6 +136,27 @@ static void test_long_strings_grow_the_buffer(void **state) {
   free(big);
 }
 
+/* A result larger than the buffer's first room takes json_dumpb's second
+ * pass; empty containers take none. Both must read back as given. */
+static void test_results_small_large_and_empty(void **state) {
+  (void)state;
+  json_t *big = json_array();
+  for (int i = 0; i < 2000; i++) json_array_append_new(big, json_integer(i * 7919));
+  json_t *cases[] = {big, json_array(), json_object(), json_pack("{s{s[]}}", "a", "b"),
+                     json_string("caf\xc3\xa9"), json_real(0.5), json_true()};
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    broker_outcome o = {.id = "t", .queue = "q", .state = CELER_SUCCEEDED, .result = cases[i],
+                        .worker = "w"};
+    char *s = encode(&o);
+    json_t *doc = json_loads(s, 0, NULL);
+    assert_non_null(doc);
+    assert_true(json_equal(json_object_get(doc, "result"), cases[i]));
+    json_decref(doc);
+    free(s);
+    json_decref(cases[i]);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_succeeded_exact),
@@ -143,6 +165,7 @@ int main(void) {
       cmocka_unit_test(test_strings_round_trip),
       cmocka_unit_test(test_invalid_utf8_becomes_question_marks),
       cmocka_unit_test(test_long_strings_grow_the_buffer),
+      cmocka_unit_test(test_results_small_large_and_empty),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
