@@ -2224,8 +2224,9 @@ static const char *const report_notes[] = {
     "--no-results.",
     "ceiling task life: one connection from the bench, the next round's XADD/XREADGROUP "
     "pipelined with the previous round's completion script (XACK, XDEL, SET PX, PUBLISH); "
-    "Celer's complete.lua also checks the lease (XPENDING), reads the old record (GET + "
-    "cjson.decode) and counts (HINCRBY), and a fetch also checks cancellations (ZMSCORE)."};
+    "Celer's complete.lua also writes the record only where none is final (SET NX GET), "
+    "counts (HINCRBY, rate buckets) and may publish follow-ups, and a fetch also asks whether "
+    "the queue has cancellation marks (EXISTS; ZMSCORE only when it has)."};
 
 static void print_notes(bench *b) {
   printf("\n");

@@ -158,6 +158,29 @@ static void test_batch_of_echo_tasks(void **state) {
   free(items);
 }
 
+/* The largest prefetch takes a whole batch in one fetch; its outcomes go
+ * out in script calls of the broker's largest completion batch, the
+ * longest argument vector any script gets. Every task must be recorded. */
+static void test_full_prefetch_batch_is_recorded(void **state) {
+  suite *s = *state;
+  celer_batch_item *items = calloc(BATCH_TASKS, sizeof *items);
+  assert_non_null(items);
+  for (int i = 0; i < BATCH_TASKS; i++) {
+    items[i].task = "test.noop";
+    celer_enqueue_options_init(&items[i].opts);
+  }
+  /* Queued before the worker starts, so its first fetch takes them all. */
+  assert_int_equal(celer_enqueue_batch(s->client, items, BATCH_TASKS), 0);
+  const char *args[] = {"--prefetch", "1000", NULL};
+  assert_int_equal(start_worker(s, args), 0);
+  for (int i = 0; i < BATCH_TASKS; i++) {
+    json_t *rec = wait_final(s, NULL, items[i].id);
+    assert_state(rec, "SUCCEEDED");
+    json_decref(rec);
+  }
+  free(items);
+}
+
 static void test_raw_xadd_before_any_worker(void **state) {
   suite *s = *state;
   /* The CONTRACT form, exactly as a producer in another language does it. */
@@ -451,6 +474,8 @@ static void test_bad_flags_and_missing_module(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_batch_of_echo_tasks, test_setup, test_teardown),
+      cmocka_unit_test_setup_teardown(test_full_prefetch_batch_is_recorded, test_setup,
+                                      test_teardown),
       cmocka_unit_test_setup_teardown(test_raw_xadd_before_any_worker, test_setup,
                                       test_teardown),
       cmocka_unit_test_setup_teardown(test_garbage_is_rejected_and_the_worker_goes_on,
