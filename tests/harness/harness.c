@@ -2,6 +2,7 @@
  * project's programs. Readiness is a real PING answered before a deadline;
  * nothing sleeps a fixed time. */
 #include "harness/harness.h"
+#include "celer/client.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -384,4 +385,19 @@ void harness_dump_log(const char *path) {
   harness_run(argv, NULL, NULL, 0, &out, NULL, HARNESS_DEADLINE_MS);
   fprintf(stderr, "worker log:\n%s\n", out ? out : "");
   free(out);
+}
+
+int harness_flush(const harness_redis *r) {
+  const char *flush[] = {"FLUSHALL", NULL};
+  return harness_cli(r, flush, NULL) == 0 ? 0 : -1;
+}
+
+celer_client *harness_client(const harness_redis *r) {
+  celer_client_options o = {.broker_url = r->url};
+  celer_client *c = celer_client_new(&o);
+  if (c != NULL && celer_client_connect(c) != 0) {
+    celer_client_free(c);
+    c = NULL;
+  }
+  return c;
 }

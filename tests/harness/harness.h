@@ -62,6 +62,12 @@ int harness_run(const char *const *argv, const char *const *env, const char *std
  * code and stores stdout in *out when out is not NULL. */
 int harness_cli(const harness_redis *r, const char *const *args, char **out);
 
+/* Empties r (FLUSHALL): each test starts from an empty broker. 0 or -1. */
+int harness_flush(const harness_redis *r);
+/* A libceler client connected to r (caller frees with celer_client_free),
+ * or NULL when it cannot be made or cannot connect. */
+struct celer_client *harness_client(const harness_redis *r);
+
 /* Starts celer-worker against r with --module testing, --concurrency 1
  * and the extra arguments (NULL-terminated, may be NULL; a repeated flag
  * overrides); its stderr goes to log_path

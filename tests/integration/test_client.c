@@ -319,11 +319,7 @@ static int test_setup(void **state) {
   fixture *f = *state;
   clear_env();
   memset(&f->extra, 0, sizeof f->extra);
-  const char *args[] = {"FLUSHALL", NULL};
-  char *out = NULL;
-  int rc = harness_cli(&f->redis, args, &out);
-  free(out);
-  return rc == 0 ? 0 : -1;
+  return harness_flush(&f->redis);
 }
 
 static int test_teardown(void **state) {

@@ -43,9 +43,7 @@ static int group_setup(void **state) {
   suite *s = calloc(1, sizeof *s);
   if (s == NULL || harness_redis_start(&s->redis, false, NULL) != 0) return -1;
   snprintf(s->log, sizeof s->log, "%s/worker.log", s->redis.dir);
-  celer_client_options o = {.broker_url = s->redis.url};
-  s->client = celer_client_new(&o);
-  if (s->client == NULL || celer_client_connect(s->client) != 0) return -1;
+  if ((s->client = harness_client(&s->redis)) == NULL) return -1;
   *state = s;
   return 0;
 }
@@ -62,8 +60,7 @@ static int group_teardown(void **state) {
 /* An empty broker and a worker on the default queue with the module. */
 static int test_setup(void **state) {
   suite *s = *state;
-  const char *flush[] = {"FLUSHALL", NULL};
-  if (harness_cli(&s->redis, flush, NULL) != 0) return -1;
+  if (harness_flush(&s->redis) != 0) return -1;
   const char *args[] = {"--module", TEST_MODULE_DIR "/followups.so", "--queues", "default",
                         NULL};
   s->worker = harness_worker(&s->redis, args, s->log);

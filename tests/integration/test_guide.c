@@ -83,9 +83,7 @@ static int start_suite(suite *s) {
   setenv("CELER_NOTIFY_LOG", s->notify_log, 1);
   const char *args[] = {"--module", s->module, "--module", "notify", NULL};
   s->worker = harness_worker(&s->redis, args, s->log);
-  celer_client_options o = {.broker_url = s->redis.url};
-  s->client = celer_client_new(&o);
-  if (s->worker <= 0 || s->client == NULL || celer_client_connect(s->client) != 0) return -1;
+  if (s->worker <= 0 || (s->client = harness_client(&s->redis)) == NULL) return -1;
   return 0;
 }
 

@@ -38,9 +38,7 @@ static int group_setup(void **state) {
   snprintf(s->log, sizeof s->log, "%s/worker.log", s->dir);
   snprintf(s->notify_log, sizeof s->notify_log, "%s/notify.log", s->dir);
   setenv("CELER_NOTIFY_LOG", s->notify_log, 1);
-  celer_client_options o = {.broker_url = s->redis.url};
-  s->client = celer_client_new(&o);
-  if (s->client == NULL || celer_client_connect(s->client) != 0) return -1;
+  if ((s->client = harness_client(&s->redis)) == NULL) return -1;
   if ((s->http = httpd_start(0, NULL, NULL)) == NULL) return -1;
   snprintf(s->url, sizeof s->url, "http://127.0.0.1:%d/hook", httpd_port(s->http));
   const char *args[] = {"--module", "notify", NULL};

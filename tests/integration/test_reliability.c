@@ -36,9 +36,7 @@ static int group_setup(void **state) {
   suite *s = calloc(1, sizeof *s);
   if (s == NULL || harness_redis_start(&s->redis, false, aof_args) != 0) return -1;
   snprintf(s->log, sizeof s->log, "%s/workers.log", s->redis.dir);
-  celer_client_options o = {.broker_url = s->redis.url};
-  s->client = celer_client_new(&o);
-  if (s->client == NULL || celer_client_connect(s->client) != 0) return -1;
+  if ((s->client = harness_client(&s->redis)) == NULL) return -1;
   *state = s;
   return 0;
 }
@@ -53,8 +51,7 @@ static int group_teardown(void **state) {
 
 static int test_setup(void **state) {
   suite *s = *state;
-  const char *flush[] = {"FLUSHALL", NULL};
-  return harness_cli(&s->redis, flush, NULL) == 0 ? 0 : -1;
+  return harness_flush(&s->redis);
 }
 
 /* Stops whatever workers a test left running. */

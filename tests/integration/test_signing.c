@@ -113,9 +113,7 @@ static int group_setup(void **state) {
   if (write_file(s->keyring, keyring_json) != 0) return -1;
   if (harness_redis_start(&s->redis, false, NULL) != 0) return -1;
   snprintf(s->log, sizeof s->log, "%s/worker.log", s->redis.dir);
-  celer_client_options o = {.broker_url = s->redis.url};
-  s->plain = celer_client_new(&o);
-  if (s->plain == NULL || celer_client_connect(s->plain) != 0) return -1;
+  if ((s->plain = harness_client(&s->redis)) == NULL) return -1;
   *state = s;
   return 0;
 }
@@ -157,8 +155,7 @@ static void stop_worker(suite *s) {
  * that starts its own worker. */
 static int flush_setup(void **state) {
   suite *s = *state;
-  const char *flush[] = {"FLUSHALL", NULL};
-  return harness_cli(&s->redis, flush, NULL);
+  return harness_flush(&s->redis);
 }
 
 static int test_setup(void **state) {

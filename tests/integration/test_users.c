@@ -53,9 +53,7 @@ static int group_setup(void **state) {
   snprintf(s->log, sizeof s->log, "%s/worker.log", s->dir);
   snprintf(s->notify_log, sizeof s->notify_log, "%s/notify.log", s->dir);
   setenv("CELER_NOTIFY_LOG", s->notify_log, 1);
-  celer_client_options o = {.broker_url = s->redis.url};
-  s->client = celer_client_new(&o);
-  if (s->client == NULL || celer_client_connect(s->client) != 0) return -1;
+  if ((s->client = harness_client(&s->redis)) == NULL) return -1;
   *state = s;
   return 0;
 }
@@ -74,10 +72,9 @@ static int group_teardown(void **state) {
  * CELER_USERS_DB from the environment it inherits). */
 static int test_setup(void **state) {
   suite *s = *state;
-  const char *flush[] = {"FLUSHALL", NULL};
   snprintf(s->db, sizeof s->db, "%s/users-%d.db", s->dir, ++s->n);
   setenv("CELER_USERS_DB", s->db, 1);
-  return harness_cli(&s->redis, flush, NULL) == 0 ? 0 : -1;
+  return harness_flush(&s->redis);
 }
 
 static int test_teardown(void **state) {
